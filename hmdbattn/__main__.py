@@ -1,0 +1,5 @@
+"""`python -m hmdbattn` (also what `torchrun -m hmdbattn` runs)."""
+
+from hmdbattn.cli import main
+
+main()

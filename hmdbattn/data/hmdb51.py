@@ -1,0 +1,147 @@
+"""HMDB51's labels, split files and the dataset index (no decoding here).
+
+Layout on disk (the real dataset and the synthetic one alike)::
+
+    <root>/videos/<class>/<video>.avi
+    <root>/splits/<class>_test_split<k>.txt   lines "<video>.avi <id>": 1 train, 2 test, 0 unused
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hmdbattn.errors import UserError
+
+# The 51 labels in the conventional index order (alphabetical).
+LABELS: tuple[str, ...] = (
+    "brush_hair",
+    "cartwheel",
+    "catch",
+    "chew",
+    "clap",
+    "climb",
+    "climb_stairs",
+    "dive",
+    "draw_sword",
+    "dribble",
+    "drink",
+    "eat",
+    "fall_floor",
+    "fencing",
+    "flic_flac",
+    "golf",
+    "handstand",
+    "hit",
+    "hug",
+    "jump",
+    "kick",
+    "kick_ball",
+    "kiss",
+    "laugh",
+    "pick",
+    "pour",
+    "pullup",
+    "punch",
+    "push",
+    "pushup",
+    "ride_bike",
+    "ride_horse",
+    "run",
+    "shake_hands",
+    "shoot_ball",
+    "shoot_bow",
+    "shoot_gun",
+    "sit",
+    "situp",
+    "smile",
+    "smoke",
+    "somersault",
+    "stand",
+    "swing_baseball",
+    "sword",
+    "sword_exercise",
+    "talk",
+    "throw",
+    "turn",
+    "walk",
+    "wave",
+)
+
+SPLITS = (1, 2, 3)
+SUBSET_IDS = {"unused": 0, "train": 1, "test": 2}
+SPLIT_FILE = re.compile(r"^(?P<label>.+)_test_split(?P<split>[123])\.txt$")
+
+
+def split_file_name(label: str, split: int) -> str:
+    """The split file of one class, e.g. ``brush_hair_test_split1.txt``."""
+    return f"{label}_test_split{split}.txt"
+
+
+def parse_split_file(path: Path) -> list[tuple[str, int]]:
+    """Read ``(video file name, id)`` pairs; a malformed line is an error naming file and line."""
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise UserError(f"{path}:{number + 1}: expected '<video>.avi <0|1|2>', got {line!r}")
+        entries.append((fields[0], int(fields[1])))
+    return entries
+
+
+@dataclass
+class Video:
+    """One video of the dataset: where it is, its class and its id in each split."""
+
+    path: str  # relative to <root>/videos, e.g. "brush_hair/April_09_brush_hair_u_nm_goo_0.avi"
+    label: str
+    split_ids: dict[int, int] = field(default_factory=dict)  # split -> 0 unused, 1 train, 2 test
+
+
+@dataclass
+class DatasetIndex:
+    """Classes (in a stable order) and videos, from the split files and the videos folder."""
+
+    root: Path
+    classes: list[str]
+    videos: list[Video]
+    missing: list[Video]  # listed in a split file but not on disk
+
+    def subset(self, split: int, subset: str) -> list[Video]:
+        """The videos with `subset`'s id (train, test or unused) in `split`."""
+        wanted = SUBSET_IDS[subset]
+        return [v for v in self.videos if v.split_ids.get(split) == wanted]
+
+
+def class_order(labels: set[str] | list[str]) -> list[str]:
+    """Stable class order: sorted, which for HMDB51 is the conventional 51-label order."""
+    return sorted(labels)
+
+
+def scan_dataset(root: Path) -> DatasetIndex:
+    """Index ``<root>``: classes and split membership from the split files, checked on disk."""
+    splits_dir, videos_dir = root / "splits", root / "videos"
+    if not splits_dir.is_dir() or not videos_dir.is_dir():
+        raise UserError(
+            f"{root}: no dataset here (expected videos/ and splits/); run `hmdbattn download` "
+            "or `hmdbattn download --synthetic`, or set data.root"
+        )
+    by_path: dict[str, Video] = {}
+    for split_path in sorted(splits_dir.glob("*_test_split*.txt")):
+        match = SPLIT_FILE.match(split_path.name)
+        if match is None:
+            continue
+        label, split = match["label"], int(match["split"])
+        for name, sid in parse_split_file(split_path):
+            rel = f"{label}/{name}"
+            video = by_path.setdefault(rel, Video(rel, label))
+            video.split_ids[split] = sid
+    if not by_path:
+        raise UserError(f"{splits_dir}: no split files (<class>_test_split<k>.txt)")
+    present = [v for v in by_path.values() if (videos_dir / v.path).is_file()]
+    missing = [v for v in by_path.values() if not (videos_dir / v.path).is_file()]
+    classes = class_order({v.label for v in by_path.values()})
+    return DatasetIndex(root, classes, present, missing)

@@ -1,0 +1,107 @@
+"""How results look: rich consoles, progress bars, tables, markdown and JSON.
+
+Results go to stdout (`console`); progress and messages go to stderr (`err_console`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second of a task, e.g. ``123.4 videos/s``."""
+
+    def __init__(self, unit: str = "it") -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        text = f"{speed:,.1f} {self.unit}/s" if speed else f"- {self.unit}/s"
+        return Text(text, style="progress.data.speed")
+
+
+def progress(unit: str = "it", transient: bool = False) -> Progress:
+    """A progress bar on stderr showing items done, rate and ETA."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=transient,
+    )
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A rich table; numbers are right-aligned."""
+    rows = [list(r) for r in rows]
+    t = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        numeric = bool(rows) and all(isinstance(r[i], (int, float)) for r in rows)
+        t.add_column(name, justify="right" if numeric else "left")
+    for r in rows:
+        t.add_row(*(fmt(v) for v in r))
+    return t
+
+
+def fmt(value: Any) -> str:
+    """Format a cell: floats to 4 significant digits, the rest as str."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_json(data: Any) -> None:
+    """Print JSON on stdout for scripts (plain print: no rich markup or wrapping)."""
+    print(json.dumps(data, indent=2, default=str))
+
+
+def millions(n: int) -> str:
+    """Parameter counts as the research prints them: ``31.3M``."""
+    return f"{n / 1e6:.1f}M"
+
+
+def print_model_summary(summary: dict[str, Any]) -> None:
+    """The dry-run view: resolved config, then parameters, GMACs and the token grid."""
+    for section, values in summary["config"].items():
+        console.print(table(f"[{section}]", ("key", "value"), values.items()))
+    p = summary["params"]
+    lines = [
+        ("CNN parameters", millions(p["cnn"]), p["cnn"]),
+        ("attention parameters", millions(p["attention"]), p["attention"]),
+        ("classifier parameters", millions(p["classifier"]), p["classifier"]),
+        ("GMACs per clip", f"{summary['gmacs']:.2f}", ""),
+        ("token grid (T', H', W')", " x ".join(map(str, summary["token_grid"])), summary["tokens"]),
+    ]
+    console.print(table("model", ("", "value", "exact"), lines))

@@ -1,0 +1,53 @@
+"""Make small real video files for tests (PyAV, MPEG-4 part 2 in AVI unless told otherwise)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def moving_square_frames(num_frames: int, height: int = 48, width: int = 64, seed: int = 0):
+    """(T, H, W, 3) uint8 frames of a bright square moving right on a noisy background."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 40, size=(num_frames, height, width, 3), dtype=np.uint8)
+    side = max(4, height // 4)
+    for t in range(num_frames):
+        x = int((width - side) * t / max(1, num_frames - 1))
+        frames[t, height // 3 : height // 3 + side, x : x + side] = (250, 200, 30)
+    return frames
+
+
+def write_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int = 30,
+    codec: str = "mpeg4",
+    container_format: str | None = None,
+) -> Path:
+    """Encode (T, H, W, 3) uint8 frames to `path`; the container follows the file suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for array in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_avi(
+    path: Path,
+    num_frames: int = 30,
+    height: int = 48,
+    width: int = 64,
+    fps: int = 30,
+    seed: int = 0,
+) -> Path:
+    """A small MPEG-4 AVI like HMDB51's (a moving square), `num_frames` long."""
+    return write_video(path, moving_square_frames(num_frames, height, width, seed), fps=fps)
