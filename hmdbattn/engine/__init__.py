@@ -1,0 +1,1 @@
+"""Engine: training loop, evaluation and metrics, checkpoints."""
