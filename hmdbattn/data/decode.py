@@ -1,0 +1,277 @@
+"""Video decoding: the only module of hmdbattn that imports PyAV.
+
+`decode_video` returns the frames decoding actually produced (never the header's frame count),
+as RGB uint8, optionally resized by swscale (bilinear) while decoding, optionally limited to a
+window ``[start, end)`` of seconds. Times are seconds from the stream's first timestamp, taken
+from each frame's own timestamp, so variable-frame-rate files are cut correctly.
+
+Damaged files. Every PyAV/FFmpeg error becomes a `DecodeError` with a short reason. A packet
+that fails to decode is skipped and decoding goes on (as the ``ffmpeg`` tool does); a container
+that stops early keeps the frames decoded before the break. Such a file is *usable* when at least
+one frame decoded: `Decoded.warning` then says what happened ("truncated: decoded 12 of the 40
+frames the header announces", "corrupt: 1 packet(s) failed to decode ..."). Only a file with no
+decodable frame at all raises. Callers decide how many frames are enough (preprocess's
+``min_frames``). Rotation metadata is ignored for now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+from av.container import InputContainer
+from av.video.frame import VideoFrame
+from av.video.stream import VideoStream
+
+# Timestamps are floats computed from integer pts: compare them with a tolerance far below any
+# real frame period (1 ms is 1/8 of a frame at 120 fps).
+_TIME_EPS = 1e-4
+# HMDB51 headers often announce one frame more than decodes; only a larger gap is truncation.
+_HEADER_SLACK = 1
+_FALLBACK_FPS = 25.0  # FFmpeg's own default when a stream states no rate at all
+
+
+class DecodeError(Exception):
+    """A video could not be decoded; the message is a short human reason ("empty file")."""
+
+
+@dataclass
+class Decoded:
+    """Frames decoded from one video (or a window of it)."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    fps: float
+    start: float  # seconds of the first returned frame, from the stream's first timestamp
+    warning: str | None = None  # set when the file is damaged but frames were recovered
+
+
+@dataclass
+class VideoInfo:
+    """What a container header says about its video stream (cheap: nothing is decoded)."""
+
+    fps: float
+    duration: float  # seconds
+    width: int
+    height: int
+    frames: int | None  # the header's frame count, when it has one; may be off by one
+
+
+def _open(path: Path) -> tuple[InputContainer, VideoStream]:
+    """Open `path` and return it with its first video stream, or raise DecodeError."""
+    if not path.is_file():
+        raise DecodeError("file not found")
+    if path.stat().st_size == 0:
+        raise DecodeError("empty file")
+    try:
+        # Some HMDB51 files carry metadata that is not valid UTF-8: it is never used here.
+        container = av.open(str(path), metadata_errors="replace")
+    except av.error.FFmpegError as exc:
+        raise DecodeError(f"not a video or damaged container ({_reason(exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"cannot open ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise DecodeError("not a video (no video stream)")
+    return container, container.streams.video[0]
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's message without PyAV's errno and file name decoration."""
+    if isinstance(exc, av.error.FFmpegError) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__
+
+
+def _rate(stream: VideoStream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
+
+
+def _start_pts(stream: VideoStream) -> int:
+    return stream.start_time if stream.start_time is not None else 0
+
+
+def probe(path: Path) -> VideoInfo:
+    """Read fps, duration, size and header frame count of a video without decoding frames."""
+    container, stream = _open(Path(path))
+    with container:
+        fps = _rate(stream) or _FALLBACK_FPS
+        header_frames = stream.frames or None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        elif header_frames:
+            duration = header_frames / fps
+        else:
+            duration = _demuxed_duration(container, stream)
+        return VideoInfo(fps, duration, stream.width, stream.height, header_frames)
+
+
+def _demuxed_duration(container: InputContainer, stream: VideoStream) -> float:
+    """Duration from the packets' timestamps, for headers that state none (no decoding)."""
+    last = 0.0
+    time_base = stream.time_base or Fraction(1, 1)
+    try:
+        for packet in container.demux(stream):
+            if packet.pts is not None:
+                end = packet.pts + (packet.duration or 0)
+                last = max(last, float((end - _start_pts(stream)) * time_base))
+    except av.error.FFmpegError:
+        pass  # a damaged tail: the duration up to it is the best answer
+    return last
+
+
+class _Reader:
+    """Decodes one stream packet by packet, tolerating bad packets and an early end."""
+
+    def __init__(self, container: InputContainer, stream: VideoStream) -> None:
+        self.container, self.stream = container, stream
+        self.bad_packets = 0
+        self.stopped: str | None = None  # why demuxing ended early, if it did
+        self._origin = _start_pts(stream)
+        self._time_base = float(stream.time_base) if stream.time_base else 0.0
+        self._last_time: float | None = None
+
+    def seek(self, seconds: float) -> bool:
+        """Seek to the keyframe at or before `seconds`; False when the container cannot."""
+        if not self._time_base:
+            return False
+        try:
+            offset = self._origin + int(seconds / self._time_base)
+            self.container.seek(offset, stream=self.stream, backward=True)
+        except av.error.FFmpegError:
+            return False
+        self._last_time = None
+        return True
+
+    def frames(self) -> Iterator[tuple[float, VideoFrame]]:
+        """(seconds, frame) pairs in presentation order until the end or a broken container."""
+        packets = self.container.demux(self.stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as exc:
+                self.stopped = _reason(exc)
+                yield from self._decode(None)  # frames still buffered in the decoder
+                return
+            yield from self._decode(packet)
+
+    def _decode(self, packet: av.Packet | None) -> Iterator[tuple[float, VideoFrame]]:
+        try:
+            decoded = self.stream.decode(packet)
+        except av.error.FFmpegError:
+            self.bad_packets += 1
+            return
+        for frame in decoded:
+            yield self._time(frame), frame
+
+    def _time(self, frame: VideoFrame) -> float:
+        if frame.pts is not None and self._time_base:
+            seconds = (frame.pts - self._origin) * self._time_base
+        elif self._last_time is None:
+            seconds = 0.0
+        else:  # no timestamp: one nominal frame after the previous one
+            seconds = self._last_time + 1.0 / (_rate(self.stream) or _FALLBACK_FPS)
+        self._last_time = seconds
+        return seconds
+
+
+def decode_video(
+    path: Path,
+    size: tuple[int, int] | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+) -> Decoded:
+    """Decode the frames of `path` with timestamps in ``[start, end)`` seconds.
+
+    `size` is (height, width) to resize to while decoding (swscale, bilinear). With ``start > 0``
+    decoding begins at the keyframe before `start`; it stops at `end`. Raises DecodeError when
+    the file cannot be opened or not one frame in the window decodes; see the module docstring
+    for damaged files.
+    """
+    path = Path(path)
+    container, stream = _open(path)
+    with container:
+        stream.thread_type = "AUTO"
+        reader = _Reader(container, stream)
+        try:
+            times, arrays = _collect(reader, size, start, end)
+        except av.error.FFmpegError as exc:  # e.g. swscale refusing a broken frame size
+            raise DecodeError(f"corrupt: {_reason(exc)}") from None
+        if not arrays:
+            raise DecodeError(_no_frames_reason(reader, start, end))
+        fps = _fps(stream, times)
+        warning = _warning(reader, stream, len(arrays), whole=start <= 0 and end is None)
+        return Decoded(np.stack(arrays), fps, times[0], warning)
+
+
+def _collect(
+    reader: _Reader,
+    size: tuple[int, int] | None,
+    start: float,
+    end: float | None,
+    seek: bool = True,
+) -> tuple[list[float], list[np.ndarray]]:
+    """Timestamps and RGB arrays of the frames in the window."""
+    height, width = size if size is not None else (None, None)  # None: keep the size
+    seeked = seek and start > 0 and reader.seek(start)
+    times: list[float] = []
+    arrays: list[np.ndarray] = []
+    for seconds, frame in reader.frames():
+        if seeked and not times and seconds > start + _TIME_EPS and reader.seek(0.0):
+            # The seek landed after `start` (an inexact index): decode from the beginning.
+            return _collect(reader, size, start, end, seek=False)
+        seeked = False
+        if end is not None and seconds >= end - _TIME_EPS:
+            break
+        if seconds < start - _TIME_EPS:
+            continue
+        times.append(seconds)
+        # threads=1: PyAV 18 defaults swscale to automatic threads, set up again for every
+        # frame, which made small frames ~50x slower to convert (measured).
+        array = frame.to_ndarray(width=width, height=height, format="rgb24", threads=1)
+        arrays.append(array)
+    return times, arrays
+
+
+def _fps(stream: VideoStream, times: list[float]) -> float:
+    """The stream's average rate, else the rate its timestamps show, else a nominal one."""
+    if stream.average_rate:
+        return float(stream.average_rate)
+    if len(times) >= 2 and times[-1] > times[0]:
+        return (len(times) - 1) / (times[-1] - times[0])
+    return _rate(stream) or _FALLBACK_FPS
+
+
+def _no_frames_reason(reader: _Reader, start: float, end: float | None) -> str:
+    if start > 0 or end is not None:
+        window = f"[{start:g}, {end:g})" if end is not None else f"[{start:g}, end)"
+        return f"no decodable frames in window {window} s"
+    if reader.stopped:
+        return f"no decodable frames (container broken: {reader.stopped})"
+    if reader.bad_packets:
+        return f"no decodable frames ({reader.bad_packets} packet(s) failed to decode)"
+    return "no decodable frames"
+
+
+def _warning(reader: _Reader, stream: VideoStream, decoded: int, whole: bool) -> str | None:
+    """A note on recovered damage; the header count is only compared for a full decode."""
+    expected = stream.frames or 0
+    short = whole and expected - decoded > _HEADER_SLACK
+    if reader.bad_packets:
+        note = f"corrupt: {reader.bad_packets} packet(s) failed to decode"
+        return note + (f"; decoded {decoded} of {expected} frames" if short else "")
+    if reader.stopped or short:
+        count = f"decoded {decoded} of the {expected} frames the header announces"
+        if not short:
+            count = f"decoding stopped after {decoded} frames"
+        return f"truncated: {count}" + (f" ({reader.stopped})" if reader.stopped else "")
+    return None

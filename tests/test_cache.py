@@ -1,0 +1,154 @@
+"""The .jpgs frame cache files and the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmdbattn.data import cache as cache_module
+from hmdbattn.data.cache import (
+    CachedVideo,
+    Manifest,
+    ManifestEntry,
+    cache_file,
+    load_manifest,
+    write_video_cache,
+)
+from hmdbattn.errors import UserError
+
+
+@pytest.fixture
+def frames() -> np.ndarray:
+    """Frames like a decoded video's: a gradient, a moving square and a little noise."""
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 160, 64)[None, None, :, None]
+    noise = rng.integers(0, 8, size=(40, 48, 64, 3))
+    out = (ramp + noise).astype(np.uint8)
+    for t in range(40):
+        out[t, 16:28, t : t + 12] = (250, 200, 30)
+    return out
+
+
+@pytest.fixture
+def cached(tmp_path: Path, frames: np.ndarray) -> Path:
+    path = tmp_path / "videos" / "clap" / "a.jpgs"
+    write_video_cache(path, frames, 29.97, quality=90)
+    return path
+
+
+def test_cache_file_layout(tmp_path: Path) -> None:
+    assert cache_file(tmp_path, "clap/A_(1996)_&_b!.avi") == (
+        tmp_path / "videos" / "clap" / "A_(1996)_&_b!.jpgs"
+    )
+    for bad in ("../x.avi", "/abs/x.avi"):
+        with pytest.raises(ValueError):
+            cache_file(tmp_path, bad)
+
+
+def test_round_trip(cached: Path, frames: np.ndarray) -> None:
+    video = CachedVideo(cached)
+    assert (video.num_frames, video.height, video.width) == (40, 48, 64)
+    assert video.fps == pytest.approx(29.97)
+    assert video.duration == pytest.approx(40 / 29.97)
+    indices = [5, 0, 39, 5, 6, 7]
+    out = video.read(indices)
+    assert out.shape == (6, 48, 64, 3)
+    assert out.dtype == torch.uint8
+    assert out.is_contiguous()
+    diff = np.abs(out.numpy().astype(int) - frames[indices]).mean()
+    assert diff < 8, diff
+    torch.testing.assert_close(out[0], out[3])  # repeated index, same frame
+    assert video.read([]).shape == (0, 48, 64, 3)
+    with pytest.raises(IndexError):
+        video.read([40])
+
+
+def test_size_and_offsets(cached: Path) -> None:
+    video = CachedVideo(cached)
+    assert int(video.offsets[-1]) == cached.stat().st_size
+    assert (np.diff(video.offsets) > 0).all()
+
+
+def test_written_bytes_are_the_file_size(tmp_path: Path, frames: np.ndarray) -> None:
+    path = tmp_path / "x.jpgs"
+    assert write_video_cache(path, frames, 30.0, 75) == path.stat().st_size
+    with pytest.raises(ValueError):
+        write_video_cache(path, frames[:0], 30.0, 75)
+
+
+def test_bad_magic_and_truncation_name_the_file(cached: Path, tmp_path: Path) -> None:
+    data = cached.read_bytes()
+    bad = tmp_path / "bad.jpgs"
+    bad.write_bytes(b"XXXXXXXX" + data[8:])
+    with pytest.raises(UserError, match=r"bad\.jpgs: not a frame cache file"):
+        CachedVideo(bad)
+    for cut in (10, 60, len(data) - 100):
+        short = tmp_path / f"short{cut}.jpgs"
+        short.write_bytes(data[:cut])
+        with pytest.raises(UserError, match=rf"short{cut}\.jpgs: truncated"):
+            CachedVideo(short)
+
+
+def test_interrupted_write_leaves_nothing(
+    tmp_path: Path, frames: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module.os, "replace", killed)
+    target = tmp_path / "clap" / "a.jpgs"
+    with pytest.raises(KeyboardInterrupt):
+        write_video_cache(target, frames, 30.0, 90)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_leftover_temp_file_is_not_a_cache_file(tmp_path: Path, cached: Path) -> None:
+    # What a kill between writing and renaming leaves: a hidden .tmp, never the final name.
+    leftover = cached.parent / f".{cached.name}.abc123.tmp"
+    leftover.write_bytes(cached.read_bytes()[:50])
+    assert cache_file(tmp_path, "clap/a.avi") == cached
+    assert cache_file(tmp_path, "clap/a.avi") != leftover
+
+
+def _manifest() -> Manifest:
+    entries = [
+        ManifestEntry("clap/a.avi", "clap", 40, 30.0, 40 / 30, {1: 1, 2: 2, 3: 0}, "ok", None, 9),
+        ManifestEntry("clap/b.avi", "clap", 0, 0.0, 0.0, {1: 2}, "failed", "empty file", 0),
+    ]
+    return Manifest((128, 171), 90, "/data/hmdb51", ["clap"], entries)
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    manifest = _manifest()
+    manifest.save(tmp_path)
+    loaded = load_manifest(tmp_path)
+    assert loaded == manifest
+    assert loaded.cache_dir == tmp_path
+    assert [v.path for v in loaded.ok()] == ["clap/a.avi"]
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["resize"] == [128, 171] and raw["format_version"] == 1
+    assert raw["videos"][0]["split_ids"] == {"1": 1, "2": 2, "3": 0}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp file left
+
+
+def test_manifest_absent_or_damaged(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"no cache at .*: run `hmdbattn preprocess --config FILE`"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format_version": 1, "resize": [1', encoding="utf-8")
+    with pytest.raises(UserError, match="damaged manifest"):
+        load_manifest(tmp_path)
+
+
+def test_check_compatible_names_the_key(tmp_path: Path) -> None:
+    manifest = _manifest()
+    manifest.save(tmp_path)
+    loaded = load_manifest(tmp_path)
+    loaded.check_compatible((128, 171), 90)
+    with pytest.raises(UserError, match=r"data\.resize = \[128, 171\].*\[112, 112\].*cache_dir"):
+        loaded.check_compatible((112, 112), 90)
+    with pytest.raises(UserError, match=r"data\.jpeg_quality = 90, the config has 75"):
+        loaded.check_compatible((128, 171), 75)

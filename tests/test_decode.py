@@ -1,0 +1,157 @@
+"""Decoding real (tiny) video files, whole, resized, by window, and damaged ones."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+from videofiles import moving_square_frames, write_avi
+
+from hmdbattn.data.decode import DecodeError, _fps, decode_video, probe
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a good 40-frame AVI and damaged or non-video files next to it."""
+    folder = tmp_path_factory.mktemp("videos")
+    good = write_avi(folder / "good.avi", num_frames=40)
+    data = good.read_bytes()
+    movi = data.index(b"movi")
+    (folder / "empty.avi").write_bytes(b"")
+    (folder / "random.avi").write_bytes(np.random.default_rng(0).bytes(5000))
+    (folder / "text.avi").write_text("not a video\n" * 100, encoding="utf-8")
+    (folder / "header_only.avi").write_bytes(data[: movi // 2])
+    # Cut inside the frame data: the header still announces 40 frames.
+    (folder / "truncated.avi").write_bytes(data[: movi + (len(data) - movi) * 3 // 4])
+    _write_wav(folder / "audio.avi")
+    _write_vfr(folder / "vfr.mkv", [0, 20, 40, 100, 200, 220, 240, 400, 500, 520, 540, 600])
+    return folder
+
+
+def _write_wav(path: Path) -> None:
+    """Audio only (WAV data under an .avi name: FFmpeg goes by the content)."""
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1000), dtype=np.int16), format="s16", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 8000, i * 1000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _write_vfr(path: Path, times_ms: list[int]) -> None:
+    """A variable-frame-rate Matroska file with frames at `times_ms`."""
+    frames = moving_square_frames(len(times_ms))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for array, ms in zip(frames, times_ms, strict=True):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_decodes_every_frame(videos: Path) -> None:
+    decoded = decode_video(videos / "good.avi")
+    assert decoded.frames.shape == (40, 48, 64, 3)
+    assert decoded.frames.dtype == np.uint8
+    assert decoded.fps == pytest.approx(30.0)
+    assert decoded.start == 0.0
+    assert decoded.warning is None
+    # The square is where it was encoded (the noise background is beyond MPEG-4 at this size).
+    for t in (0, 20, 39):
+        x = (64 - 12) * t // 39
+        square = decoded.frames[t, 18:26, x + 2 : x + 10].reshape(-1, 3).mean(axis=0)
+        np.testing.assert_allclose(square, (250, 200, 30), atol=25)
+
+
+def test_resizes_to_height_width(videos: Path) -> None:
+    decoded = decode_video(videos / "good.avi", size=(32, 40))
+    assert decoded.frames.shape == (40, 32, 40, 3)
+    full = decode_video(videos / "good.avi").frames
+    assert abs(float(decoded.frames.mean()) - float(full.mean())) < 3
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "first", "stop"),
+    [(0.5, 0.8, 15, 24), (1.0, None, 30, 40), (0.0, 0.3, 0, 9), (0.51, 0.52, 16, 16)],
+)
+def test_window_holds_only_its_frames(
+    videos: Path, start: float, end: float | None, first: int, stop: int
+) -> None:
+    full = decode_video(videos / "good.avi").frames
+    if first == stop:  # no frame timestamp falls in the window
+        with pytest.raises(DecodeError, match="window"):
+            decode_video(videos / "good.avi", start=start, end=end)
+        return
+    window = decode_video(videos / "good.avi", start=start, end=end)
+    assert window.start == pytest.approx(first / 30)
+    np.testing.assert_array_equal(window.frames, full[first:stop])
+
+
+def test_window_past_the_end(videos: Path) -> None:
+    with pytest.raises(DecodeError, match="no decodable frames in window"):
+        decode_video(videos / "good.avi", start=5.0, end=6.0)
+
+
+def test_variable_frame_rate_windows_use_timestamps(videos: Path) -> None:
+    assert len(decode_video(videos / "vfr.mkv").frames) == 12
+    window = decode_video(videos / "vfr.mkv", start=0.2, end=0.55)
+    assert len(window.frames) == 7  # 0.2, 0.22, 0.24, 0.4, 0.5, 0.52, 0.54
+    assert window.start == pytest.approx(0.2)
+
+
+def test_fps_estimated_from_timestamps_without_a_rate() -> None:
+    no_rate = SimpleNamespace(average_rate=None, guessed_rate=None)
+    assert _fps(no_rate, [0.0, 0.1, 0.2, 0.3]) == pytest.approx(10.0)  # type: ignore[arg-type]
+    assert _fps(no_rate, [0.0]) == 25.0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("empty.avi", "empty file"),
+        ("random.avi", "not a video or damaged container"),
+        ("text.avi", "not a video or damaged container"),
+        ("header_only.avi", "not a video or damaged container"),
+        ("audio.avi", "not a video (no video stream)"),
+        ("absent.avi", "file not found"),
+    ],
+)
+def test_unusable_files_raise_decode_error(videos: Path, name: str, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        decode_video(videos / name)
+    with pytest.raises(DecodeError):
+        probe(videos / name)
+
+
+def test_truncated_file_keeps_decoded_frames_with_a_note(videos: Path) -> None:
+    decoded = decode_video(videos / "truncated.avi")
+    assert 0 < len(decoded.frames) < 40
+    assert decoded.warning is not None
+    assert decoded.warning.startswith("truncated: decoded")
+    assert "of the 40 frames" in decoded.warning
+    good = decode_video(videos / "good.avi").frames
+    np.testing.assert_array_equal(decoded.frames, good[: len(decoded.frames)])
+
+
+def test_probe_reads_the_header(videos: Path) -> None:
+    info = probe(videos / "good.avi")
+    assert (info.width, info.height, info.frames) == (64, 48, 40)
+    assert info.fps == pytest.approx(30.0)
+    assert info.duration == pytest.approx(40 / 30)
+    vfr = probe(videos / "vfr.mkv")
+    assert vfr.frames is None
+    assert vfr.duration == pytest.approx(0.6, abs=0.05)
