@@ -1,0 +1,99 @@
+"""Clip sampling in time: which frame indices of a video make a clip (pure functions, no I/O).
+
+A clip covers a *window* of ``clip_duration`` seconds and holds ``num_frames`` frames spread
+uniformly inside it: frame ``i`` of the clip is the video frame at the centre of the ``i``-th of
+``num_frames`` equal parts of the window. Windows are measured in frames (``clip_duration *
+fps``) so that the same function serves the cache (frame counts from the manifest) and on-the-fly
+decoding (frame counts from the container).
+
+Short videos: when a video is not longer than one window, the window is the whole video and the
+``num_frames`` indices are spread uniformly over it, so frames repeat. The rule is the same for
+training and evaluation; evaluation then has a single window per video, whatever
+``clips_per_video`` asks for, because identical windows would only repeat the same prediction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _check(video_frames: int, fps: float, clip_duration: float, num_frames: int) -> None:
+    if video_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {video_frames}")
+    if fps <= 0 or clip_duration <= 0 or num_frames < 1:
+        raise ValueError(
+            f"need fps > 0, clip_duration > 0, num_frames >= 1; "
+            f"got {fps}, {clip_duration}, {num_frames}"
+        )
+
+
+def window_frames(fps: float, clip_duration: float) -> float:
+    """The length of a window in frames (not rounded: 2 s at 29.97 fps is 59.94 frames)."""
+    return clip_duration * fps
+
+
+def spread(start: float, length: float, num_frames: int, video_frames: int) -> list[int]:
+    """`num_frames` indices at the centres of equal parts of ``[start, start + length)``.
+
+    Indices are clamped to ``[0, video_frames - 1]``, which only matters for rounding at the end.
+    """
+    step = length / num_frames
+    last = video_frames - 1
+    return [min(last, max(0, math.floor(start + (i + 0.5) * step))) for i in range(num_frames)]
+
+
+def train_clip_indices(
+    video_frames: int,
+    fps: float,
+    clip_duration: float,
+    num_frames: int,
+    generator: torch.Generator,
+) -> list[int]:
+    """Indices of a training clip: a random window of `clip_duration` s, `num_frames` inside it.
+
+    The window's start is drawn uniformly over every position that keeps it inside the video,
+    from `generator` only (no global random state), so a seeded generator gives the same clip.
+    A video not longer than a window gives the whole video (see the module docstring).
+    """
+    _check(video_frames, fps, clip_duration, num_frames)
+    length = window_frames(fps, clip_duration)
+    # Draw even for short videos so that the generator advances the same way for every video.
+    u = float(torch.rand((), generator=generator))
+    if video_frames <= length:
+        return spread(0.0, video_frames, num_frames, video_frames)
+    return spread(u * (video_frames - length), length, num_frames, video_frames)
+
+
+def num_eval_windows(video_frames: int, fps: float, clip_duration: float) -> int:
+    """Windows needed to cover the whole video: ``ceil(duration / clip_duration)``, at least 1."""
+    # The small tolerance keeps a video of exactly k windows (up to float error) at k windows.
+    return max(1, math.ceil(video_frames / window_frames(fps, clip_duration) - 1e-6))
+
+
+def eval_windows(
+    video_frames: int,
+    fps: float,
+    clip_duration: float,
+    num_frames: int,
+    clips_per_video: int,
+) -> list[list[int]]:
+    """Frame indices of every evaluation clip of a video, windows in time order.
+
+    ``clips_per_video`` windows are spaced uniformly so that together they cover the whole video:
+    the first starts at frame 0 and the last ends at the last frame (they overlap when the video
+    is not a whole number of windows long). ``clips_per_video = 0`` means every window:
+    ``ceil(duration / clip_duration)`` of them. ``clips_per_video = 1`` takes the centre window.
+    A video not longer than a window has one window, the whole video (see the module docstring).
+    """
+    _check(video_frames, fps, clip_duration, num_frames)
+    if clips_per_video < 0:
+        raise ValueError(f"clips_per_video must be >= 0, got {clips_per_video}")
+    length = window_frames(fps, clip_duration)
+    if video_frames <= length:
+        return [spread(0.0, video_frames, num_frames, video_frames)]
+    count = clips_per_video or num_eval_windows(video_frames, fps, clip_duration)
+    room = video_frames - length
+    starts = [room / 2] if count == 1 else [room * k / (count - 1) for k in range(count)]
+    return [spread(start, length, num_frames, video_frames) for start in starts]

@@ -1,0 +1,392 @@
+"""Clip datasets for training and evaluation, read from the frame cache or decoded on the fly.
+
+An item is ``(frames, label, video_idx)``: frames uint8 ``(T, H, W, 3)`` at ``data.resize``,
+the label's index in the class list, and the video's index in the dataset's ``videos`` (several
+evaluation clips share one, which is how their votes are gathered). Cropping, flipping and
+normalisation happen later on whole batches (transforms.py), on the GPU when there is one.
+
+Two sources (``data.source``):
+
+- ``"cache"`` (default): the JPEG frame cache written by ``hmdbattn preprocess``; frame counts
+  and rates come from its manifest and only videos cached "ok" are used.
+- ``"video"``: the original files, each probed once when the dataset is built; a clip decodes
+  only its own window, resized while decoding, and takes the frames nearest the sampled times.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
+
+from hmdbattn.config import Config, DataConfig
+from hmdbattn.data.cache import MANIFEST_NAME, CachedVideo, Manifest, cache_file, load_manifest
+from hmdbattn.data.clips import eval_windows, train_clip_indices
+from hmdbattn.data.decode import DecodeError, decode_video, probe
+from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, scan_dataset
+from hmdbattn.errors import UserError
+
+Item = tuple[torch.Tensor, int, int]  # frames (T, H, W, 3) uint8, label, video index
+
+# Cache readers kept per process: each holds its frame offsets (no open file), so this bounds
+# memory, not file handles; evaluation reads a video's windows in a row and hits it.
+_OPEN_READERS = 32
+MISSING_REASON = "missing: listed in the split files but not in videos/"
+
+
+@dataclass(frozen=True)
+class ClipVideo:
+    """A usable video: where it is, its label index, and its length for clip sampling."""
+
+    path: str  # relative to <root>/videos
+    label: int
+    frames: int
+    fps: float
+
+
+class Excluded(NamedTuple):
+    """A video of the chosen subsets that the datasets leave out, and why."""
+
+    path: str
+    reason: str
+
+
+class FrameReader:
+    """Reads frames of a video by index from the cache or by decoding the original file."""
+
+    def __init__(self, data: DataConfig) -> None:
+        self.source = data.source
+        self.videos_dir = Path(data.root) / "videos"
+        self.cache_dir = data.cache_path
+        self.resize = data.resize
+        self._readers: OrderedDict[str, CachedVideo] = OrderedDict()
+
+    def reset(self) -> None:
+        """Forget readers opened so far (a new worker process starts from nothing)."""
+        self._readers.clear()
+
+    def read(self, video: ClipVideo, indices: Sequence[int]) -> torch.Tensor:
+        """Frames at `indices` (repeats allowed) as uint8 (len(indices), H, W, 3)."""
+        if self.source == "cache":
+            return self._cached(video.path).read(indices)
+        return self._decode(video, indices)
+
+    def _cached(self, rel_path: str) -> CachedVideo:
+        reader = self._readers.get(rel_path)
+        if reader is None:
+            reader = CachedVideo(cache_file(self.cache_dir, rel_path))
+            self._readers[rel_path] = reader
+            if len(self._readers) > _OPEN_READERS:
+                self._readers.popitem(last=False)
+        else:
+            self._readers.move_to_end(rel_path)
+        return reader
+
+    def _decode(self, video: ClipVideo, indices: Sequence[int]) -> torch.Tensor:
+        """Decode only the window holding `indices`, then take the frame nearest each time."""
+        times = np.asarray(indices, dtype=np.float64) / video.fps
+        # Half a frame of margin either side absorbs timestamp jitter at the window's edges.
+        half = 0.5 / video.fps
+        start, end = max(0.0, float(times.min()) - half), float(times.max()) + half
+        path = self.videos_dir / video.path
+        try:
+            decoded = decode_video(path, size=self.resize, start=start, end=end)
+        except DecodeError:
+            # Headers can announce a frame or two more than decode: widen towards the start.
+            try:
+                decoded = decode_video(path, size=self.resize, start=max(0.0, start - 1.0))
+            except DecodeError as exc:
+                raise RuntimeError(f"{path}: {exc}") from None
+        positions = np.rint((times - decoded.start) * decoded.fps).astype(np.int64)
+        positions = np.clip(positions, 0, len(decoded.frames) - 1)
+        return torch.from_numpy(decoded.frames[positions])  # (T, H, W, 3) uint8
+
+
+def seeded_generator(*words: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of integers, well mixed (numpy's SeedSequence)."""
+    # SeedSequence takes non-negative words only; a negative seed wraps around 64 bits.
+    state = np.random.SeedSequence([w & 0xFFFF_FFFF_FFFF_FFFF for w in words]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# First words of the seeds, so that clip sampling and shuffling never share a stream.
+_CLIPS, _ORDER = 0, 1
+
+
+class _ClipDataset(Dataset[Item]):
+    """What both datasets share: the videos, the classes and a frame reader."""
+
+    def __init__(self, config: Config, videos: Sequence[ClipVideo], classes: Sequence[str]) -> None:
+        self.config = config
+        self.videos = list(videos)
+        self.classes = list(classes)
+        self.reader = FrameReader(config.data)
+
+    def worker_init(self) -> None:
+        """Called in each loader worker: readers copied from the parent are dropped."""
+        self.reader.reset()
+
+
+class TrainClips(_ClipDataset):
+    """One random clip per video per epoch.
+
+    The clip of item ``i`` in epoch ``e`` comes from a generator seeded by
+    ``(train.seed, e, i)`` only, so an epoch gives the same clips whatever the worker count,
+    the order of items or a resumption. The epoch lives in shared memory: `set_epoch` in the
+    main process reaches persistent loader workers too (call it before iterating the loader).
+    """
+
+    def __init__(self, config: Config, videos: Sequence[ClipVideo], classes: Sequence[str]) -> None:
+        super().__init__(config, videos, classes)
+        self.seed = config.train.seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose clips the dataset returns."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Sample the clips of `epoch` from now on."""
+        self._epoch.fill_(epoch)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def clip_indices(self, index: int) -> list[int]:
+        """The frame indices of item `index`'s clip in the current epoch."""
+        video, data = self.videos[index], self.config.data
+        generator = seeded_generator(_CLIPS, self.seed, self.epoch, index)
+        return train_clip_indices(
+            video.frames, video.fps, data.clip_duration, data.num_frames, generator
+        )
+
+    def __getitem__(self, index: int) -> Item:
+        video = self.videos[index]
+        return self.reader.read(video, self.clip_indices(index)), video.label, index
+
+
+class EvalClips(_ClipDataset):
+    """Every evaluation window of every video (`eval_windows`), one item per window."""
+
+    def __init__(self, config: Config, videos: Sequence[ClipVideo], classes: Sequence[str]) -> None:
+        super().__init__(config, videos, classes)
+        data = config.data
+        self.windows: list[tuple[int, list[int]]] = [
+            (number, window)
+            for number, video in enumerate(self.videos)
+            for window in eval_windows(
+                video.frames, video.fps, data.clip_duration, data.num_frames, data.clips_per_video
+            )
+        ]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> Item:
+        number, indices = self.windows[index]
+        video = self.videos[number]
+        return self.reader.read(video, indices), video.label, number
+
+
+class EpochShuffle(Sampler[int]):
+    """A permutation of a TrainClips' items that depends only on ``(train.seed, epoch)``.
+
+    Unlike a shuffle driven by one generator across epochs, epoch ``e``'s order is the same
+    when a run resumes at ``e``. The epoch is the dataset's (`TrainClips.set_epoch`).
+    """
+
+    def __init__(self, dataset: TrainClips) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = seeded_generator(_ORDER, self.dataset.seed, self.dataset.epoch)
+        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class ClipData:
+    """The datasets of a training run and the videos they leave out."""
+
+    train: TrainClips
+    eval: EvalClips
+    classes: list[str]
+    excluded: list[Excluded]
+
+
+@dataclass
+class EvalData:
+    """The dataset of an evaluation and the videos it leaves out."""
+
+    dataset: EvalClips
+    classes: list[str]
+    excluded: list[Excluded]
+
+
+def open_cache(data: DataConfig) -> Manifest:
+    """The cache's manifest, checked against the config; a UserError when there is none."""
+    if not (data.cache_path / MANIFEST_NAME).is_file():
+        raise UserError(
+            f"no frame cache at {data.cache_path}: run `hmdbattn preprocess --config FILE` "
+            'first, or set data.source = "video" to decode the videos while training'
+        )
+    manifest = load_manifest(data.cache_path)
+    manifest.check_compatible(data.resize, data.jpeg_quality)
+    return manifest
+
+
+def _subset(index: DatasetIndex, split: int, subset: str) -> tuple[list[Video], list[Excluded]]:
+    """A subset's videos on disk, and its split entries without a file."""
+    if subset not in SUBSET_IDS:
+        raise UserError(f"unknown subset {subset!r}: expected one of {', '.join(SUBSET_IDS)}")
+    wanted = SUBSET_IDS[subset]
+    missing = [
+        Excluded(v.path, MISSING_REASON) for v in index.missing if v.split_ids.get(split) == wanted
+    ]
+    return index.subset(split, subset), missing
+
+
+def _from_cache(
+    data: DataConfig, videos: list[Video], classes: list[str], manifest: Manifest
+) -> tuple[list[ClipVideo], list[Excluded]]:
+    entries = manifest.by_path()
+    usable: list[ClipVideo] = []
+    excluded: list[Excluded] = []
+    for video in videos:
+        entry = entries.get(video.path)
+        # "missing" in the manifest, yet on disk now: added since preprocess ran
+        if entry is None or entry.status == "missing":
+            excluded.append(Excluded(video.path, "not cached yet: rerun `hmdbattn preprocess`"))
+        elif entry.status == "failed":
+            excluded.append(Excluded(video.path, f"failed in preprocess: {entry.error}"))
+        elif entry.frames < 1 or not cache_file(data.cache_path, video.path).is_file():
+            excluded.append(Excluded(video.path, "cache file missing: rerun `hmdbattn preprocess`"))
+        else:
+            label = classes.index(video.label)
+            usable.append(ClipVideo(video.path, label, entry.frames, entry.fps))
+    return usable, excluded
+
+
+def _from_videos(
+    data: DataConfig, videos: list[Video], classes: list[str]
+) -> tuple[list[ClipVideo], list[Excluded]]:
+    usable: list[ClipVideo] = []
+    excluded: list[Excluded] = []
+    for video in videos:
+        try:
+            info = probe(Path(data.root) / "videos" / video.path)
+        except DecodeError as exc:
+            excluded.append(Excluded(video.path, f"cannot read: {exc}"))
+            continue
+        frames = info.frames or round(info.duration * info.fps)
+        if frames < 1:
+            excluded.append(Excluded(video.path, "no frames"))
+            continue
+        usable.append(ClipVideo(video.path, classes.index(video.label), frames, info.fps))
+    return usable, excluded
+
+
+def resolve_videos(
+    config: Config, index: DatasetIndex, subset: str, manifest: Manifest | None = None
+) -> tuple[list[ClipVideo], list[Excluded]]:
+    """The usable videos of `subset` in ``data.split``, and the excluded ones with reasons.
+
+    With ``data.source = "cache"`` `manifest` is the cache's (read here when not given).
+    """
+    data = config.data
+    videos, excluded = _subset(index, data.split, subset)
+    if data.source == "cache":
+        manifest = manifest if manifest is not None else open_cache(data)
+        usable, more = _from_cache(data, videos, index.classes, manifest)
+    else:
+        usable, more = _from_videos(data, videos, index.classes)
+    if not usable:
+        raise UserError(
+            f"no usable videos in subset {subset!r} of split {data.split} under {data.root} "
+            f"({len(videos)} listed, {len(excluded) + len(more)} excluded)"
+        )
+    return usable, sorted(excluded + more)
+
+
+def build_datasets(
+    config: Config, subset_train: str = "train", subset_eval: str = "test"
+) -> ClipData:
+    """The training and evaluation datasets of ``data.split`` and the videos they leave out."""
+    index = scan_dataset(Path(config.data.root))
+    manifest = open_cache(config.data) if config.data.source == "cache" else None
+    train_videos, train_excluded = resolve_videos(config, index, subset_train, manifest)
+    eval_videos, eval_excluded = resolve_videos(config, index, subset_eval, manifest)
+    return ClipData(
+        train=TrainClips(config, train_videos, index.classes),
+        eval=EvalClips(config, eval_videos, index.classes),
+        classes=list(index.classes),
+        excluded=train_excluded + eval_excluded,
+    )
+
+
+def build_eval_dataset(config: Config, subset: str = "test") -> EvalData:
+    """The evaluation dataset of `subset` in ``data.split`` (for ``hmdbattn eval``)."""
+    index = scan_dataset(Path(config.data.root))
+    videos, excluded = resolve_videos(config, index, subset)
+    return EvalData(EvalClips(config, videos, index.classes), list(index.classes), excluded)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seeds nothing: clip sampling draws from explicit generators, never global state."""
+    info = get_worker_info()
+    dataset = info.dataset if info is not None else None
+    while isinstance(dataset, Subset):  # evaluation shards a dataset across DDP ranks
+        dataset = dataset.dataset
+    if isinstance(dataset, _ClipDataset):
+        dataset.worker_init()
+
+
+def make_loader(
+    dataset: Dataset[Item],
+    config: Config,
+    train: bool,
+    sampler: Sampler[int] | None = None,
+    batch_size: int | None = None,
+) -> DataLoader[Item]:
+    """A DataLoader of uint8 clip batches ``(B, T, H, W, 3)``, labels and video indices.
+
+    Training shuffles unless `sampler` is given (a DistributedSampler under DDP): a TrainClips
+    in the order of `EpochShuffle` (resumable), any other dataset with a generator seeded by
+    ``train.seed``. `batch_size` defaults to ``data.batch_size``.
+    """
+    data = config.data
+    workers = data.num_workers
+    if train and sampler is None and isinstance(dataset, TrainClips):
+        sampler = EpochShuffle(dataset)
+    shuffle = train and sampler is None
+    generator = torch.Generator().manual_seed(config.train.seed) if shuffle else None
+    return DataLoader(
+        dataset,
+        batch_size=batch_size or data.batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        generator=generator,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        # Persistent workers keep their readers between epochs; the epoch reaches them
+        # through TrainClips' shared-memory counter.
+        persistent_workers=workers > 0,
+        prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        drop_last=False,
+    )
