@@ -241,13 +241,21 @@ def read_toml(path: Path) -> dict[str, Any]:
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    base: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:
     """Resolve a configuration from defaults, a TOML file, the environment and overrides.
 
     ``overrides`` is a dict of dotted keys (``{"model.cnn_blocks": 4}``) or a list of
-    ``"section.key=value"`` strings. Raises ConfigError listing every problem found.
+    ``"section.key=value"`` strings. ``base`` (for example the config saved in a checkpoint)
+    sits below the file. Raises ConfigError listing every problem found.
     """
-    file_data = read_toml(Path(path)) if path is not None else {}
+    file_data = {section: dict(values) for section, values in (base or {}).items()}
+    if path is not None:
+        for section, values in read_toml(Path(path)).items():
+            if isinstance(values, dict) and isinstance(file_data.get(section), dict):
+                file_data[section].update(values)
+            else:
+                file_data[section] = values
     set_data = parse_overrides(overrides)
     try:
         return Config(**set_data, _file=file_data)  # type: ignore[call-arg]

@@ -41,7 +41,7 @@ class RateColumn(ProgressColumn):
         return Text(text, style="progress.data.speed")
 
 
-def progress(unit: str = "it", transient: bool = False) -> Progress:
+def progress(unit: str = "it", transient: bool = False, disable: bool = False) -> Progress:
     """A progress bar on stderr showing items done, rate and ETA."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -53,6 +53,7 @@ def progress(unit: str = "it", transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         transient=transient,
+        disable=disable,
     )
 
 
@@ -105,3 +106,81 @@ def print_model_summary(summary: dict[str, Any]) -> None:
         ("token grid (T', H', W')", " x ".join(map(str, summary["token_grid"])), summary["tokens"]),
     ]
     console.print(table("model", ("", "value", "exact"), lines))
+
+
+def print_excluded(excluded: Sequence[tuple[str, str]], shown: int = 10) -> None:
+    """Say how many videos a run leaves out and why (the first `shown` of them)."""
+    if not excluded:
+        return
+    err_console.print(
+        f"[yellow]excluded {len(excluded)} video(s)[/] (not usable):", highlight=False
+    )
+    for path, reason in list(excluded)[:shown]:
+        err_console.print(f"  {path}: {reason}", highlight=False, markup=False)
+    if len(excluded) > shown:
+        err_console.print(f"  ... and {len(excluded) - shown} more", highlight=False)
+
+
+def print_run_summary(results: dict[str, dict[str, Any]]) -> None:
+    """The end-of-training table: one row per run, its best epoch and last epoch."""
+    rows = []
+    for run_dir, r in results.items():
+        best, last = r["best"], r["last"]
+        rows.append(
+            (
+                run_dir,
+                r["epochs"],
+                r["best_epoch"],
+                best.get("val_video_acc", float("nan")),
+                best.get("val_clip_acc", float("nan")),
+                last.get("train_loss", float("nan")),
+                last.get("val_loss", float("nan")),
+                last.get("clips_per_s", float("nan")),
+                r["stop_reason"],
+            )
+        )
+    columns = (
+        "run",
+        "epochs",
+        "best epoch",
+        "best video acc",
+        "its clip acc",
+        "last train loss",
+        "last val loss",
+        "clips/s",
+        "stopped",
+    )
+    console.print(table("training", columns, rows))
+
+
+def print_eval(results: Sequence[Any], summary: dict[str, tuple[float, float]]) -> None:
+    """Evaluation tables: metrics (one column per checkpoint), per-class accuracy, exclusions."""
+    columns = ["metric"] + [f"{r.checkpoint.parent.name}/{r.checkpoint.name}" for r in results]
+    rows: list[list[Any]] = [
+        ["split / subset"] + [f"{r.split} / {r.subset}" for r in results],
+        ["videos / clips"] + [f"{r.metrics.num_videos} / {r.metrics.num_clips}" for r in results],
+        ["loss"] + [r.loss for r in results],
+    ]
+    for name in results[0].metrics.scalars():
+        rows.append([name] + [r.metrics.scalars()[name] for r in results])
+    if summary:
+        columns.append("mean ± std")
+        for row in rows:
+            m_s = summary.get(row[0])
+            row.append(f"{m_s[0]:.4f} ± {m_s[1]:.4f}" if m_s else "")
+    console.print(table("evaluation", columns, rows))
+    if len(results) == 1:
+        per_class = [
+            (c.name, c.videos, c.correct, c.accuracy if c.accuracy is not None else "-")
+            for c in results[0].metrics.per_class
+        ]
+        console.print(
+            table("per class (mean softmax)", ("class", "videos", "correct", "accuracy"), per_class)
+        )
+    for r in results:
+        if r.excluded:
+            err_console.print(
+                f"[yellow]{r.checkpoint}: {len(r.excluded)} video(s) could not be evaluated[/]",
+                highlight=False,
+            )
+            print_excluded(r.excluded)

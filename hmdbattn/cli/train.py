@@ -8,24 +8,42 @@ import typer
 
 from hmdbattn.cli import app
 from hmdbattn.cli.common import ConfigOption, JsonOption, SetOption, resolve_config
+from hmdbattn.config import Config, load_config
 from hmdbattn.errors import UserError
-from hmdbattn.models.classifier import clip_profile
-from hmdbattn.report import print_json, print_model_summary
+from hmdbattn.report import print_json, print_model_summary, print_run_summary
 
 
-@app.command()
-def train(
-    config: Path | None = ConfigOption,
-    overrides: list[str] | None = SetOption,
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Resolve the config and build the model; touch no data."
-    ),
-    json_out: bool = JsonOption,
-) -> None:
-    """Train a model (with --dry-run: show the resolved config and model size)."""
-    cfg = resolve_config(config, overrides)
-    if not dry_run:
-        raise UserError("training is not available yet; use --dry-run to check a config")
+def parse_splits(text: str) -> list[int]:
+    """``"1,2,3"`` -> [1, 2, 3]; anything else is a UserError naming the value."""
+    try:
+        splits = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        splits = []
+    if not splits or any(s not in (1, 2, 3) for s in splits):
+        raise UserError(f"--splits {text!r}: expected split numbers 1-3, e.g. 1,2,3")
+    return splits
+
+
+def run_dirs(
+    cfg: Config, config_path: Path | None, splits: list[int] | None
+) -> list[tuple[Config, Path]]:
+    """The (config, run directory) of each run: one, or one per split with ``--splits``."""
+    name = cfg.train.name or (config_path.stem if config_path else "run")
+    if not splits:
+        return [(cfg, cfg.train.out_dir / name)]
+    return [
+        (
+            cfg.model_copy(update={"data": cfg.data.model_copy(update={"split": k})}),
+            cfg.train.out_dir / f"{name}-split{k}",
+        )
+        for k in splits
+    ]
+
+
+def dry_run(cfg: Config, json_out: bool) -> None:
+    """Resolve the config and build the model on the meta device: no data, no weights."""
+    from hmdbattn.models.classifier import clip_profile
+
     params, gmacs, grid = clip_profile(cfg)
     summary = {
         "config": cfg.model_dump(mode="json"),
@@ -43,3 +61,53 @@ def train(
         print_json(summary)
     else:
         print_model_summary(summary)
+
+
+@app.command()
+def train(
+    config: Path | None = ConfigOption,
+    overrides: list[str] | None = SetOption,
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last.pt."
+    ),
+    splits: str | None = typer.Option(
+        None, "--splits", help="Train one run per HMDB51 split, e.g. 1,2,3."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
+    dry_run_: bool = typer.Option(
+        False, "--dry-run", help="Resolve the config and build the model; touch no data."
+    ),
+    json_out: bool = JsonOption,
+) -> None:
+    """Train a model; under torchrun, one process per GPU (DDP)."""
+    if resume is not None:
+        if config is not None or splits:
+            raise UserError("--resume takes the run's own config.toml: drop --config / --splits")
+        runs = [(load_config(resume / "config.toml", overrides or []), resume)]
+    else:
+        cfg = resolve_config(config, overrides)
+        if dry_run_:
+            dry_run(cfg, json_out)
+            return
+        runs = run_dirs(cfg, config, parse_splits(splits) if splits else None)
+
+    from hmdbattn.engine import distributed
+    from hmdbattn.engine.train import summary
+    from hmdbattn.engine.train import train as train_run
+
+    runtime = distributed.setup()
+    try:
+        results = {}
+        for run_cfg, run_dir in runs:
+            state = train_run(
+                run_cfg, run_dir, runtime, resume=resume is not None, overwrite=overwrite
+            )
+            results[str(run_dir)] = summary(state)
+    finally:
+        distributed.teardown()
+    if not runtime.is_main:
+        return
+    if json_out:
+        print_json(results)
+    else:
+        print_run_summary(results)

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hmdbattn.errors import UserError
+from hmdbattn.fileio import atomic_writer
 
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside `path`, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:
+        torch.save(obj, f)
 
 
 def safe_load(path: Path) -> Any:
@@ -47,3 +39,17 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     return state
+
+
+CHECKPOINT_FORMAT = "hmdbattn-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """One of our checkpoints (model, classes, config, ...); anything else is refused."""
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: not an hmdbattn checkpoint (train one with `hmdbattn train`)")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path}: checkpoint version {ckpt.get('version')} is not supported")
+    return ckpt

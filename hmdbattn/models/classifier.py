@@ -106,3 +106,11 @@ def clip_profile(
             model.head(features)
     gmacs = counter.get_total_flops() / 2 / 1e9  # the counter counts a MAC as 2 FLOPs
     return param_counts(model), gmacs, tuple(features.shape[2:])
+
+
+def model_from_checkpoint(ckpt: dict, config: Config) -> VideoClassifier:
+    """The trained model of a checkpoint (weights from the checkpoint, not from Kinetics)."""
+    mc = config.model.model_copy(update={"pretrained": False, "weights": None})
+    model = build_model(mc, len(ckpt["classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

@@ -1,0 +1,75 @@
+"""One process or many (torchrun): device choice, rank bookkeeping and gathering results."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Runtime:
+    """Where this process runs and which rank it is (rank 0 alone logs and writes)."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup() -> Runtime:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run alone.
+
+    Each rank takes GPU LOCAL_RANK when CUDA is present (backend NCCL), else the CPU (gloo).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Runtime(device, rank, world_size)
+
+
+def teardown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather(obj: Any, runtime: Runtime) -> list[Any]:
+    """Every rank's `obj`, in rank order (just ``[obj]`` in a single process)."""
+    if not runtime.distributed:
+        return [obj]
+    out: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj: Any, runtime: Runtime) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not runtime.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_across(value: float, count: int, runtime: Runtime) -> float:
+    """The count-weighted mean of a per-rank average."""
+    pairs = gather((value * count, count), runtime)
+    total = sum(c for _, c in pairs)
+    return sum(v for v, _ in pairs) / max(1, total)

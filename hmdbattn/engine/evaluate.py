@@ -1,0 +1,198 @@
+"""Scoring clips: run a model over an evaluation dataset (sharded over ranks) and gather."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from hmdbattn.config import Config, load_config
+from hmdbattn.data.datasets import EvalClips, build_eval_dataset, make_loader
+from hmdbattn.data.transforms import VideoTransform
+from hmdbattn.engine.checkpoint import load_checkpoint
+from hmdbattn.engine.distributed import Runtime, gather
+from hmdbattn.engine.metrics import (
+    VideoMetrics,
+    compute_metrics,
+    write_confusion_csv,
+    write_confusion_png,
+)
+from hmdbattn.errors import UserError
+from hmdbattn.fileio import atomic_write_text
+from hmdbattn.models.classifier import model_from_checkpoint
+from hmdbattn.report import progress
+
+
+@dataclass
+class Scores:
+    """Clip logits of a whole evaluation dataset, in dataset order, and its mean loss."""
+
+    logits: torch.Tensor  # (N * views, K): every crop of every window
+    video: torch.Tensor  # (N * views,) video index of each row
+    video_labels: torch.Tensor  # (V,)
+    loss: float
+
+    def metrics(self, classes: list[str]) -> VideoMetrics:
+        return compute_metrics(self.logits, self.video, self.video_labels, classes)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA (``auto`` = bf16 where supported); nothing on the CPU."""
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    if amp == "auto":
+        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def score_clips(
+    model: nn.Module,
+    dataset: EvalClips,
+    config: Config,
+    runtime: Runtime,
+    show_progress: bool = True,
+    time_reversed: bool = False,
+) -> Scores:
+    """Logits of every window (and crop) of `dataset`; each rank scores every world_size-th item.
+
+    The result is the same on every rank and equal to a single-process run's. `time_reversed`
+    plays every clip backwards (a check that the model uses temporal order).
+    """
+    model.eval()
+    transform = VideoTransform.from_config(config.data, "eval")
+    shard = list(range(runtime.rank, len(dataset), runtime.world_size))
+    loader = make_loader(
+        Subset(dataset, shard), config, train=False, batch_size=config.eval.batch_size
+    )
+    rows: list[torch.Tensor] = []
+    loss_sum = 0.0
+    with progress("clips", transient=True, disable=not (show_progress and runtime.is_main)) as bar:
+        task = bar.add_task("evaluating", total=len(shard))
+        for frames, labels, _ in loader:
+            x = transform(frames.to(runtime.device, non_blocking=True))  # (B*views, C, T, h, w)
+            if time_reversed:
+                x = x.flip(2)
+            with autocast(runtime.device, config.train.amp):
+                logits = model(x).float().cpu()  # (B*views, K)
+            views = transform.views
+            loss_sum += (
+                nn.functional.cross_entropy(
+                    logits, labels.repeat_interleave(views), reduction="sum"
+                ).item()
+                / views
+            )
+            rows.append(logits)
+            bar.advance(task, len(labels))
+    mine = torch.cat(rows) if rows else torch.empty(0, 0)
+    return _assemble(dataset, shard, mine, loss_sum, transform.views, runtime)
+
+
+def _assemble(
+    dataset: EvalClips,
+    shard: list[int],
+    logits: torch.Tensor,
+    loss_sum: float,
+    views: int,
+    runtime: Runtime,
+) -> Scores:
+    """Put every rank's rows back in dataset order."""
+    parts = gather((shard, logits, loss_sum), runtime)
+    k = max(p[1].shape[1] for p in parts if p[1].numel())
+    ordered = torch.empty(len(dataset) * views, k)
+    for items, rows, _ in parts:
+        if items:
+            index = torch.tensor(items).repeat_interleave(views) * views
+            index += torch.arange(views).repeat(len(items))
+            ordered[index] = rows
+    window_video = torch.tensor([number for number, _ in dataset.windows])  # (N,)
+    labels = torch.tensor([v.label for v in dataset.videos])  # (V,)
+    return Scores(
+        logits=ordered,
+        video=window_video.repeat_interleave(views),
+        video_labels=labels,
+        loss=sum(p[2] for p in parts) / max(1, len(dataset)),
+    )
+
+
+@dataclass
+class EvalResult:
+    """The evaluation of one checkpoint on one subset of one split."""
+
+    checkpoint: Path
+    split: int
+    subset: str
+    metrics: VideoMetrics
+    loss: float
+    excluded: list[tuple[str, str]]
+    time_reversed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": str(self.checkpoint),
+            "split": self.split,
+            "subset": self.subset,
+            "time_reversed": self.time_reversed,
+            "loss": self.loss,
+            "excluded": [{"path": p, "reason": r} for p, r in self.excluded],
+            **self.metrics.to_dict(),
+        }
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: Path | None, overrides: list[str]) -> Config:
+    """The checkpoint's config, with a config file and ``--set`` overrides on top."""
+    return load_config(path, overrides, base=ckpt["config"])
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    config_path: Path | None = None,
+    overrides: list[str] | None = None,
+    runtime: Runtime | None = None,
+    time_reversed: bool = False,
+    show_progress: bool = True,
+) -> EvalResult:
+    """Score a checkpoint on ``eval.subset`` of ``data.split`` and compute every metric.
+
+    Rank 0 writes ``eval.json`` and the confusion matrix (CSV and PNG) beside the checkpoint.
+    """
+    runtime = runtime or Runtime(torch.device("cpu"))
+    ckpt = load_checkpoint(checkpoint)
+    config = checkpoint_config(ckpt, config_path, overrides or [])
+    data = build_eval_dataset(config, config.eval.subset)
+    if data.classes != ckpt["classes"]:
+        raise UserError(
+            f"{config.data.root} has classes {data.classes[:3]}... but {checkpoint} was trained "
+            f"on {ckpt['classes'][:3]}...: point data.root at the dataset it was trained on"
+        )
+    model = model_from_checkpoint(ckpt, config).to(runtime.device)
+    scores = score_clips(model, data.dataset, config, runtime, show_progress, time_reversed)
+    result = EvalResult(
+        checkpoint,
+        config.data.split,
+        config.eval.subset,
+        scores.metrics(data.classes),
+        scores.loss,
+        list(data.excluded),
+        time_reversed,
+    )
+    if runtime.is_main:
+        write_eval_files(result, checkpoint.parent)
+    return result
+
+
+def write_eval_files(result: EvalResult, folder: Path) -> None:
+    """``eval[-<subset>][-reversed].json``, ``confusion*.csv`` and ``confusion*.png``."""
+    suffix = "" if result.subset == "test" else f"-{result.subset}"
+    suffix += "-reversed" if result.time_reversed else ""
+    atomic_write_text(folder / f"eval{suffix}.json", json.dumps(result.to_dict(), indent=2))
+    names = result.metrics.class_names
+    write_confusion_csv(folder / f"confusion{suffix}.csv", result.metrics.confusion, names)
+    write_confusion_png(folder / f"confusion{suffix}.png", result.metrics.confusion, names)

@@ -1,0 +1,352 @@
+"""The training loop: epochs of clips, validation by video, checkpoints, resume and DDP.
+
+A run directory holds ``config.toml`` (the resolved config), ``metrics.jsonl`` (one line per
+epoch), ``last.pt`` and ``best.pt`` (best validation video accuracy). Checkpoints are written at
+the end of each epoch, atomically; a killed run resumes from the last one and, since every random
+draw of an epoch comes from ``(seed, epoch)`` or from RNG states saved with it, ends as if it had
+never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress, TaskID
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from hmdbattn.config import Config
+from hmdbattn.data.datasets import ClipData, build_datasets, make_loader
+from hmdbattn.data.transforms import VideoTransform
+from hmdbattn.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    atomic_save,
+    load_checkpoint,
+)
+from hmdbattn.engine.distributed import Runtime, broadcast, gather
+from hmdbattn.engine.evaluate import autocast, score_clips
+from hmdbattn.engine.optim import Schedule, build_optimizer, cnn_frozen, mix_batch
+from hmdbattn.errors import UserError
+from hmdbattn.fileio import atomic_write_text
+from hmdbattn.models.classifier import VideoClassifier, build_model
+from hmdbattn.report import err_console, print_excluded, progress
+
+CHECK_EVERY = 20  # steps between non-finite loss checks (each check syncs the device)
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides the weights."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_accuracy: float = -1.0
+    stop_reason: str = ""
+
+
+@dataclass
+class Trainer:
+    """The objects of one run, built from its config."""
+
+    config: Config
+    runtime: Runtime
+    run_dir: Path
+    data: ClipData
+    model: VideoClassifier
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    state: RunState
+
+
+def channels_last(config: Config, device: torch.device) -> bool:
+    """channels-last 3D: on by default on CUDA, where cuDNN's 3D convolutions prefer it."""
+    wanted = config.train.channels_last
+    return device.type == "cuda" if wanted is None else wanted
+
+
+def fp16(config: Config, device: torch.device) -> bool:
+    """Whether the run uses fp16 autocast (and so a gradient scaler)."""
+    amp = config.train.amp
+    if device.type != "cuda":
+        return False
+    return amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported())
+
+
+def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool) -> Trainer:
+    """Data, model, optimiser and state of a run (restored from ``last.pt`` when resuming)."""
+    torch.manual_seed(config.train.seed)
+    data = build_datasets(config)
+    num_classes = len(data.classes)
+    if config.model.num_classes not in (None, num_classes):
+        raise UserError(
+            f"model.num_classes = {config.model.num_classes} but {config.data.root} has "
+            f"{num_classes} classes: remove model.num_classes or fix it"
+        )
+    model = build_model(config, num_classes).to(runtime.device)
+    if channels_last(config, runtime.device):
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = build_optimizer(model, config.train)
+    steps = math.ceil(len(data.train) / (config.data.batch_size * runtime.world_size))
+    trainer = Trainer(
+        config,
+        runtime,
+        run_dir,
+        data,
+        model,
+        optimizer,
+        Schedule(optimizer, config.train, steps),
+        torch.amp.GradScaler("cuda", enabled=fp16(config, runtime.device)),
+        RunState(),
+    )
+    if resume:
+        restore(trainer, load_checkpoint(run_dir / "last.pt"))
+    return trainer
+
+
+def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
+    """Continue where `ckpt` stopped: weights, optimiser, scaler, counters and RNG states."""
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scaler.load_state_dict(ckpt["scaler"])
+    s = ckpt["state"]
+    trainer.state = RunState(
+        s["epoch"], s["step"], s["history"], s["best_epoch"], s["best_accuracy"], s["stop_reason"]
+    )
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def checkpoint(trainer: Trainer) -> dict[str, Any]:
+    """Everything `eval`, `predict` and a resumed run need; only tensors and plain values."""
+    s = trainer.state
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "state": {
+            "epoch": s.epoch,
+            "step": s.step,
+            "history": s.history,
+            "best_epoch": s.best_epoch,
+            "best_accuracy": s.best_accuracy,
+            "stop_reason": s.stop_reason,
+        },
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "classes": trainer.data.classes,
+        "config": trainer.config.model_dump(mode="json"),
+    }
+
+
+def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The crop / flip / mixing generator of one epoch on one rank."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+
+
+def train_epoch(
+    trainer: Trainer, loader: DataLoader, ddp: nn.Module, bar: Progress, task: TaskID
+) -> dict[str, float]:
+    """One pass over the training clips; returns mean loss, clip accuracy and clips seen."""
+    cfg, rt, state = trainer.config, trainer.runtime, trainer.state
+    transform = VideoTransform.from_config(cfg.data, "train")
+    generator = epoch_generator(cfg.train.seed, state.epoch, rt.rank)
+    ddp.train()
+    if cnn_frozen(state.epoch, cfg.train):
+        trainer.model.backbone.eval()  # frozen CNN: keep its BatchNorm statistics too
+    memory = torch.channels_last_3d if channels_last(cfg, rt.device) else torch.contiguous_format
+    totals = torch.zeros(3, device=rt.device)  # loss sum, correct clips, clips
+    for number, (frames, labels, _) in enumerate(loader):
+        trainer.schedule.apply(state.step)
+        x = transform(frames.to(rt.device, non_blocking=True), generator)  # (B, C, T, h, w)
+        x = x.contiguous(memory_format=memory)
+        y = labels.to(rt.device, non_blocking=True)
+        x, targets = mix_batch(x, y, len(trainer.data.classes), cfg.train, generator)
+        with autocast(rt.device, cfg.train.amp):
+            logits = ddp(x)
+        loss = nn.functional.cross_entropy(
+            logits.float(), targets, label_smoothing=cfg.train.label_smoothing
+        )
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.scaler.scale(loss).backward()
+        if cfg.train.grad_clip > 0:
+            trainer.scaler.unscale_(trainer.optimizer)
+            nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.train.grad_clip)
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+        state.step += 1
+        totals += torch.stack(
+            [loss.detach() * len(y), (logits.argmax(1) == y).sum(), y.new_tensor(len(y))]
+        )
+        if number % CHECK_EVERY == 0 or number == len(loader) - 1:
+            check_finite(totals[0], trainer)
+            bar.update(task, completed=number + 1, description=_step_text(trainer, totals))
+        if cfg.train.max_steps and state.step >= cfg.train.max_steps:
+            break
+    loss_sum, correct, count = (sum(t) for t in zip(*gather(totals.tolist(), rt), strict=True))
+    return {"train_loss": loss_sum / count, "train_clip_acc": correct / count, "clips": count}
+
+
+def _step_text(trainer: Trainer, totals: torch.Tensor) -> str:
+    s = trainer.state
+    loss, acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
+    return f"epoch {s.epoch + 1}/{trainer.config.train.epochs}  loss {loss:.3f}  acc {acc:.3f}"
+
+
+def check_finite(loss_sum: torch.Tensor, trainer: Trainer) -> None:
+    """Stop the run (on every rank) when the loss is NaN or infinite."""
+    bad = not bool(torch.isfinite(loss_sum))
+    if any(gather(bad, trainer.runtime)):
+        last = trainer.run_dir / "last.pt"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+        raise UserError(
+            f"the training loss became non-finite in epoch {trainer.state.epoch + 1} "
+            f"(step {trainer.state.step}); {kept}. Lower train.lr or set train.grad_clip"
+        )
+
+
+def validate(trainer: Trainer) -> dict[str, float]:
+    """Validation loss and clip / video accuracies on the evaluation subset."""
+    scores = score_clips(trainer.model, trainer.data.eval, trainer.config, trainer.runtime)
+    metrics = scores.metrics(trainer.data.classes)
+    return {
+        "val_loss": scores.loss,
+        "val_clip_acc": metrics.clip_top1,
+        "val_video_acc": metrics.video_vote_top1,
+        "val_video_acc_softmax": metrics.video_top1,
+    }
+
+
+def end_epoch(trainer: Trainer, row: dict[str, Any]) -> None:
+    """Record an epoch: history, best, early stopping, checkpoints and logs (rank 0 writes)."""
+    s, c = trainer.state, trainer.config.train
+    s.history.append(row)
+    s.epoch += 1
+    improved = row["val_video_acc"] > s.best_accuracy
+    if improved:
+        s.best_epoch, s.best_accuracy = s.epoch, row["val_video_acc"]
+    if c.patience and s.epoch - s.best_epoch >= c.patience:
+        s.stop_reason = f"early stop: no better video accuracy for {c.patience} epochs"
+    if c.max_steps and s.step >= c.max_steps:
+        s.stop_reason = f"step limit {c.max_steps} reached"
+    if not trainer.runtime.is_main:
+        return
+    ckpt = checkpoint(trainer)
+    atomic_save(ckpt, trainer.run_dir / "last.pt")
+    if improved:
+        atomic_save(ckpt, trainer.run_dir / "best.pt")
+    lines = "".join(json.dumps(r) + "\n" for r in s.history)
+    atomic_write_text(trainer.run_dir / "metrics.jsonl", lines)
+
+
+def run_epochs(trainer: Trainer, show_progress: bool) -> RunState:
+    """Train from the state's epoch to the last one (or an earlier stop)."""
+    cfg, rt, state = trainer.config, trainer.runtime, trainer.state
+    ddp: nn.Module = trainer.model
+    if rt.distributed:
+        ddp = DistributedDataParallel(
+            trainer.model, device_ids=[rt.device] if rt.device.type == "cuda" else None
+        )
+    if cfg.train.compile:
+        ddp = torch.compile(ddp)  # type: ignore[assignment]
+    sampler: DistributedSampler = DistributedSampler(
+        trainer.data.train, rt.world_size, rt.rank, shuffle=True, seed=cfg.train.seed
+    )
+    loader = make_loader(trainer.data.train, cfg, train=True, sampler=sampler)
+    with progress("steps", disable=not (show_progress and rt.is_main)) as bar:
+        task = bar.add_task("", total=len(loader))
+        while state.epoch < cfg.train.epochs and not state.stop_reason:
+            sampler.set_epoch(state.epoch)
+            trainer.data.train.set_epoch(state.epoch)
+            bar.reset(task, total=len(loader))
+            start = time.perf_counter()
+            row: dict[str, Any] = {
+                "epoch": state.epoch + 1,
+                "lr": trainer.schedule.apply(state.step),
+            }
+            row |= train_epoch(trainer, loader, ddp, bar, task)
+            row["clips_per_s"] = row.pop("clips") / (time.perf_counter() - start)
+            row |= validate(trainer)
+            row["seconds"] = time.perf_counter() - start
+            end_epoch(trainer, row)
+            if rt.is_main:
+                err_console.print(_epoch_line(row), highlight=False)
+    if not state.stop_reason:
+        state.stop_reason = "finished"
+    return state
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    return (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}"
+        f"  clip acc {row['val_clip_acc']:.4f}  video acc {row['val_video_acc']:.4f}"
+        f"  lr {row['lr']:.2e}  {row['clips_per_s']:.1f} clips/s  {row['seconds']:.1f}s"
+    )
+
+
+def prepare_run_dir(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Check that a new run does not clobber an old one, and record the resolved config."""
+    if resume and not (run_dir / "last.pt").is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
+    if not resume and (run_dir / "last.pt").exists() and not overwrite:
+        raise UserError(
+            f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+            "pass --overwrite to start again, or set train.name"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.toml", config.to_toml())
+
+
+def train(
+    config: Config,
+    run_dir: Path,
+    runtime: Runtime,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> RunState:
+    """Train (or resume) the run in `run_dir`; returns its final state (history, best epoch)."""
+    error = None
+    if runtime.is_main:
+        try:
+            prepare_run_dir(config, run_dir, resume, overwrite)
+        except UserError as exc:
+            error = str(exc)
+    error = broadcast(error, runtime)  # every rank stops when rank 0's checks fail
+    if error:
+        raise UserError(error)
+    trainer = build_trainer(config, run_dir, runtime, resume)
+    if runtime.is_main:
+        print_excluded(trainer.data.excluded)
+    state = run_epochs(trainer, show_progress)
+    if runtime.is_main:
+        atomic_write_text(run_dir / "result.json", json.dumps(summary(state), indent=2))
+    return state
+
+
+def summary(state: RunState) -> dict[str, Any]:
+    """The run's outcome: epochs, best epoch and its metrics, why it stopped."""
+    best = state.history[state.best_epoch - 1] if state.best_epoch > 0 else {}
+    return {
+        "epochs": state.epoch,
+        "steps": state.step,
+        "best_epoch": state.best_epoch,
+        "best": best,
+        "last": state.history[-1] if state.history else {},
+        "stop_reason": state.stop_reason,
+    }

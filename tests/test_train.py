@@ -1,0 +1,156 @@
+"""Training: run directory, checkpoints, resume after a kill, stops, schedule and mixing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from hmdbattn import load_config
+from hmdbattn.config import TrainConfig
+from hmdbattn.engine.checkpoint import load_checkpoint
+from hmdbattn.engine.distributed import Runtime
+from hmdbattn.engine.optim import lr_factor, mix_batch
+from hmdbattn.engine.train import train
+from hmdbattn.errors import UserError
+
+CPU = Runtime(torch.device("cpu"))
+TIMING = ("seconds", "clips_per_s")
+
+
+def run(root: Path, out: Path, name: str, **extra: object):
+    config = load_config(None, tiny_overrides(root, out, **{"train.name": name, **extra}))
+    return train(config, out / name, CPU, show_progress=False)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_run_directory_holds_config_metrics_and_checkpoints(tiny_dataset, tmp_path) -> None:
+    state = run(tiny_dataset, tmp_path, "a")
+    run_dir = tmp_path / "a"
+    assert state.epoch == 2 and state.stop_reason == "finished"
+    assert load_config(run_dir / "config.toml").data.root == tiny_dataset
+    rows = metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_clip_acc", "val_video_acc", "lr"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    assert ckpt["classes"] == sorted(p.name for p in (tiny_dataset / "videos").iterdir())
+    assert ckpt["config"]["model"]["cnn_blocks"] == 1
+    assert set(ckpt) >= {"model", "optimizer", "scaler", "state", "rng", "classes", "config"}
+    best = load_checkpoint(run_dir / "best.pt")["state"]
+    assert best["best_accuracy"] == max(r["val_video_acc"] for r in rows)
+    assert json.loads((run_dir / "result.json").read_text())["epochs"] == 2
+
+
+def test_existing_run_is_not_clobbered(tiny_dataset, tmp_path) -> None:
+    run(tiny_dataset, tmp_path, "b", **{"train.epochs": 1})
+    with pytest.raises(UserError, match="already holds a run"):
+        run(tiny_dataset, tmp_path, "b", **{"train.epochs": 1})
+
+
+def _train_cli(root: Path, out: Path, name: str, *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "hmdbattn", "train"]
+    for key, value in tiny_overrides(root, out, **{"train.name": name, "train.epochs": 3}).items():
+        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return args + list(extra)
+
+
+def test_killed_mid_epoch_and_resumed_matches_uninterrupted(tiny_dataset, tmp_path) -> None:
+    subprocess.run(_train_cli(tiny_dataset, tmp_path, "whole"), check=True, capture_output=True)
+    # Kill a second run once its first epoch is checkpointed, i.e. somewhere in epoch 2 or 3.
+    proc = subprocess.Popen(
+        _train_cli(tiny_dataset, tmp_path, "killed"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    killed_dir = tmp_path / "killed"
+    deadline = time.time() + 120
+    while not (killed_dir / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(metrics(killed_dir))
+    assert done < 3, "the kill came too late to interrupt the run"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "hmdbattn", "train", "--resume", str(killed_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(killed_dir) == metrics(tmp_path / "whole")
+    a = load_checkpoint(killed_dir / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "whole" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path) -> None:
+    run(tiny_dataset, tmp_path, "nan", **{"train.epochs": 1})
+    before = (tmp_path / "nan" / "last.pt").read_bytes()
+    config = load_config(tmp_path / "nan" / "config.toml", {"train.epochs": 3, "train.lr": 1e30})
+    with pytest.raises(UserError, match=r"non-finite.*last good checkpoint"):
+        train(config, tmp_path / "nan", CPU, resume=True, show_progress=False)
+    assert (tmp_path / "nan" / "last.pt").read_bytes() == before
+
+
+def test_early_stopping_and_step_limit(tiny_dataset, tmp_path) -> None:
+    # With a vanishing learning rate nothing improves after epoch 1: patience 1 stops at 2.
+    state = run(
+        tiny_dataset,
+        tmp_path,
+        "patience",
+        **{"train.epochs": 5, "train.patience": 1, "train.lr": 1e-20},
+    )
+    assert state.epoch == 2 and state.stop_reason.startswith("early stop")
+    state = run(tiny_dataset, tmp_path, "steps", **{"train.epochs": 5, "train.max_steps": 3})
+    assert state.step == 3 and state.epoch == 1 and "step limit" in state.stop_reason
+
+
+def test_frozen_cnn_does_not_move(tiny_dataset, tmp_path) -> None:
+    run(tiny_dataset, tmp_path, "frozen", **{"train.epochs": 1, "train.freeze_cnn_epochs": 1})
+    trained = load_checkpoint(tmp_path / "frozen" / "last.pt")["model"]
+    torch.manual_seed(0)
+    from hmdbattn import build_model
+
+    fresh = build_model(load_config(None, tiny_overrides(tiny_dataset, tmp_path)), 4).state_dict()
+    cnn = [k for k in trained if k.startswith("backbone.")]
+    head = [k for k in trained if k.startswith("head.") and "weight" in k]
+    assert cnn and all(torch.equal(trained[k], fresh[k]) for k in cnn)
+    assert any(not torch.equal(trained[k], fresh[k]) for k in head)
+
+
+def test_schedules() -> None:
+    step = TrainConfig(scheduler="step", step_size=10, gamma=0.2, epochs=30)
+    assert [lr_factor(e * 5, 5, step) for e in (0, 9, 10, 20)] == [
+        1.0,
+        1.0,
+        0.2,
+        pytest.approx(0.04),
+    ]
+    cosine = TrainConfig(scheduler="cosine", epochs=10, warmup_epochs=2)
+    assert lr_factor(0, 10, cosine) == pytest.approx(0.05)  # warm-up: 1 / 20 steps
+    assert lr_factor(20, 10, cosine) == pytest.approx(1.0)  # warm-up done
+    assert lr_factor(60, 10, cosine) == pytest.approx(0.5)  # halfway through the decay
+    assert lr_factor(100, 10, cosine) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("mixup", "cutmix"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixing_keeps_shapes_and_soft_targets_sum_to_one(mixup, cutmix) -> None:
+    c = TrainConfig(mixup_alpha=mixup, cutmix_alpha=cutmix)
+    x, y = torch.randn(6, 3, 4, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
+    mixed, targets = mix_batch(x, y, 3, c, torch.Generator().manual_seed(0))
+    assert mixed.shape == x.shape and targets.shape == (6, 3)
+    assert torch.allclose(targets.sum(1), torch.ones(6))
+    assert not torch.equal(mixed, x)
