@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # messages stay one line each
 
 
 class RateColumn(ProgressColumn):
@@ -108,13 +109,14 @@ def print_model_summary(summary: dict[str, Any]) -> None:
     console.print(table("model", ("", "value", "exact"), lines))
 
 
-def print_excluded(excluded: Sequence[tuple[str, str]], shown: int = 10) -> None:
-    """Say how many videos a run leaves out and why (the first `shown` of them)."""
+def print_excluded(
+    excluded: Sequence[tuple[str, str]], headline: str | None = None, shown: int = 10
+) -> None:
+    """Say how many videos are left out and why (the first `shown` of them), on stderr."""
     if not excluded:
         return
-    err_console.print(
-        f"[yellow]excluded {len(excluded)} video(s)[/] (not usable):", highlight=False
-    )
+    headline = headline or f"excluded {len(excluded)} video(s) that cannot be used"
+    err_console.print(f"[yellow]{escape(headline)}:[/]", highlight=False)
     for path, reason in list(excluded)[:shown]:
         err_console.print(f"  {path}: {reason}", highlight=False, markup=False)
     if len(excluded) > shown:
@@ -178,9 +180,6 @@ def print_eval(results: Sequence[Any], summary: dict[str, tuple[float, float]]) 
             table("per class (mean softmax)", ("class", "videos", "correct", "accuracy"), per_class)
         )
     for r in results:
-        if r.excluded:
-            err_console.print(
-                f"[yellow]{r.checkpoint}: {len(r.excluded)} video(s) could not be evaluated[/]",
-                highlight=False,
-            )
-            print_excluded(r.excluded)
+        print_excluded(
+            r.excluded, f"{r.checkpoint}: {len(r.excluded)} video(s) could not be evaluated"
+        )

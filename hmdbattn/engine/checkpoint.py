@@ -24,13 +24,15 @@ def safe_load(path: Path) -> Any:
         raise UserError(f"{path}: file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+    except pickle.UnpicklingError:
         raise UserError(
-            f"{path}: refused: it holds more than tensors and plain values ({first[:160]})"
+            f"{path}: refused: it holds pickled Python objects besides tensors and plain values "
+            "(code could run on loading); nothing from it was used"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch file ({exc})") from None
+    except Exception as exc:  # torch raises many types for files that are not its own
+        raise UserError(
+            f"{path}: not a readable PyTorch file ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

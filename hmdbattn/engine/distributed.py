@@ -73,3 +73,16 @@ def mean_across(value: float, count: int, runtime: Runtime) -> float:
     pairs = gather((value * count, count), runtime)
     total = sum(c for _, c in pairs)
     return sum(v for v, _ in pairs) / max(1, total)
+
+
+def sync_buffers(module: torch.nn.Module, runtime: Runtime) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics drift apart between ranks)."""
+    if runtime.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def checksum(module: torch.nn.Module) -> float:
+    """A cheap fingerprint of the parameters, to check that ranks hold the same model."""
+    with torch.no_grad():
+        return float(sum(p.double().sum().item() for p in module.parameters()))

@@ -31,7 +31,7 @@ from hmdbattn.engine.checkpoint import (
     atomic_save,
     load_checkpoint,
 )
-from hmdbattn.engine.distributed import Runtime, broadcast, gather
+from hmdbattn.engine.distributed import Runtime, broadcast, checksum, gather, sync_buffers
 from hmdbattn.engine.evaluate import autocast, score_clips
 from hmdbattn.engine.optim import Schedule, build_optimizer, cnn_frozen, mix_batch
 from hmdbattn.errors import UserError
@@ -222,6 +222,7 @@ def check_finite(loss_sum: torch.Tensor, trainer: Trainer) -> None:
 
 def validate(trainer: Trainer) -> dict[str, float]:
     """Validation loss and clip / video accuracies on the evaluation subset."""
+    sync_buffers(trainer.model, trainer.runtime)
     scores = score_clips(trainer.model, trainer.data.eval, trainer.config, trainer.runtime)
     metrics = scores.metrics(trainer.data.classes)
     return {
@@ -334,8 +335,12 @@ def train(
     if runtime.is_main:
         print_excluded(trainer.data.excluded)
     state = run_epochs(trainer, show_progress)
+    sums = gather(checksum(trainer.model), runtime)
+    if len(set(sums)) > 1:
+        raise RuntimeError(f"the ranks hold different weights after training: {sums}")
     if runtime.is_main:
-        atomic_write_text(run_dir / "result.json", json.dumps(summary(state), indent=2))
+        result = summary(state) | {"ranks": runtime.world_size, "rank_checksums": sums}
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
     return state
 
 

@@ -1,0 +1,145 @@
+"""`hmdbattn eval`: files it writes, excluded videos, splits, time reversal, bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from hmdbattn import load_config
+from hmdbattn.data.preprocess import preprocess
+from hmdbattn.engine.distributed import Runtime
+from hmdbattn.engine.evaluate import evaluate_checkpoint
+from hmdbattn.engine.train import train
+
+CPU = Runtime(torch.device("cpu"))
+
+
+def hmdbattn(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hmdbattn", *args], capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny runs, on splits 1 and 2, trained through `train --splits`."""
+    out = tmp_path_factory.mktemp("eval-runs")
+    args = ["train", "--splits", "1,2", "--json"]
+    for key, value in tiny_overrides(tiny_dataset, out, **{"train.name": "tiny"}).items():
+        args += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    result = hmdbattn(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert set(json.loads(result.stdout)) == {str(out / "tiny-split1"), str(out / "tiny-split2")}
+    return out
+
+
+def test_eval_writes_json_and_confusion_matrix(runs: Path) -> None:
+    checkpoint = runs / "tiny-split1" / "best.pt"
+    result = hmdbattn("eval", "--checkpoint", str(checkpoint), "--json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)["results"][0]
+    on_disk = json.loads((checkpoint.parent / "eval.json").read_text())
+    assert printed == on_disk
+    assert printed["split"] == 1 and printed["subset"] == "test" and printed["excluded"] == []
+    for key in (
+        "clip_top1",
+        "clip_top5",
+        "video_vote_top1",
+        "video_top1",
+        "video_top5",
+        "mean_class_accuracy",
+        "per_class",
+        "confusion",
+    ):
+        assert key in printed
+    assert len(printed["confusion"]) == 4
+    assert sum(map(sum, printed["confusion"])) == printed["num_videos"]
+    csv_lines = (checkpoint.parent / "confusion.csv").read_text().splitlines()
+    assert len(csv_lines) == 5
+    assert (checkpoint.parent / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_three_split_protocol_reports_mean_and_std(runs: Path) -> None:
+    paths = [str(runs / f"tiny-split{k}" / "best.pt") for k in (1, 2)]
+    result = hmdbattn("eval", "--checkpoint", paths[0], "--checkpoint", paths[1], "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    splits = [r["split"] for r in report["results"]]
+    assert splits == [1, 2]
+    accs = [r["video_top1"] for r in report["results"]]
+    mean_std = report["mean_std"]["video_top1"]
+    assert mean_std["mean"] == pytest.approx(sum(accs) / 2)
+    assert mean_std["std"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+    table = hmdbattn("eval", "--checkpoint", paths[0], "--checkpoint", paths[1])
+    assert "mean ± std" in table.stdout
+
+
+def test_eval_counts_and_lists_videos_that_failed(runs: Path, tiny_dataset: Path, tmp_path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset / "videos", root / "videos")
+    shutil.copytree(tiny_dataset / "splits", root / "splits")
+    test_entry = next(
+        line.split()[0]
+        for line in (root / "splits").glob("*_test_split1.txt").__next__().read_text().splitlines()
+        if line.split()[1] == "2"
+    )
+    broken = next((root / "videos").rglob(test_entry))
+    broken.write_bytes(b"not a video")
+    clean = evaluate_checkpoint(runs / "tiny-split1" / "best.pt", runtime=CPU, show_progress=False)
+    config = load_config(runs / "tiny-split1" / "config.toml", {"data.root": str(root)})
+    preprocess(config, workers=0, show_progress=False)
+    result = evaluate_checkpoint(
+        runs / "tiny-split1" / "best.pt", None, [f"data.root={root}"], CPU, show_progress=False
+    )
+    assert [path for path, _ in result.excluded] == [f"{broken.parent.name}/{broken.name}"]
+    assert result.metrics.num_videos == clean.metrics.num_videos - 1
+    cli = hmdbattn(
+        "eval", "--checkpoint", str(runs / "tiny-split1" / "best.pt"), "--set", f"data.root={root}"
+    )
+    assert "1 video(s) could not be evaluated" in cli.stderr and broken.name in cli.stderr
+
+
+def test_time_reversed_clips_change_the_scores(runs: Path) -> None:
+    checkpoint = runs / "tiny-split1" / "best.pt"
+    forward = evaluate_checkpoint(checkpoint, runtime=CPU, show_progress=False)
+    backward = evaluate_checkpoint(checkpoint, runtime=CPU, time_reversed=True, show_progress=False)
+    assert forward.loss != backward.loss
+    assert (checkpoint.parent / "eval-reversed.json").exists()
+
+
+def test_subset_and_split_options(runs: Path) -> None:
+    checkpoint = str(runs / "tiny-split1" / "best.pt")
+    result = hmdbattn(
+        "eval", "--checkpoint", checkpoint, "--subset", "train", "--split", "2", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)["results"][0]
+    assert (report["split"], report["subset"]) == (2, "train")
+
+
+@pytest.mark.parametrize("kind", ["missing", "state_dict", "pickled_code", "not_torch"])
+def test_foreign_checkpoints_are_refused_in_one_line(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    if kind == "state_dict":
+        torch.save({"weight": torch.zeros(2)}, path)
+    elif kind == "pickled_code":
+        torch.save({"format": "hmdbattn-checkpoint", "payload": Path("/etc")}, path)
+    elif kind == "not_torch":
+        path.write_text("hello")
+    result = hmdbattn("eval", "--checkpoint", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and str(path) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_train_from_python_returns_history(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = load_config(None, tiny_overrides(tiny_dataset, tmp_path, **{"train.epochs": 1}))
+    state = train(config, tmp_path / "py", CPU, show_progress=False)
+    assert len(state.history) == 1 and state.best_epoch == 1
