@@ -15,13 +15,19 @@ from typing import IO
 
 
 @contextlib.contextmanager
-def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
-    """A binary file that replaces `path` only when the block finishes without error."""
+def atomic_writer(path: Path, sync: bool = False) -> Iterator[IO[bytes]]:
+    """A binary file that replaces `path` only when the block finishes without error.
+
+    `sync` flushes it to disk before the rename (for files that record progress).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

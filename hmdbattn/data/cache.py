@@ -41,7 +41,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ import torch
 from PIL import Image
 
 from hmdbattn.errors import UserError
+from hmdbattn.fileio import atomic_writer
 
 MAGIC = b"HMDBJPG1"
 _HEADER = struct.Struct("<8sIIId")
@@ -95,20 +95,10 @@ def cache_file(cache_dir: Path, rel_path: str) -> Path:
 
 
 def _atomic_write(path: Path, data: Sequence[bytes | memoryview], sync: bool = False) -> int:
-    """Write `data` to a temporary file next to `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in data:
-                out.write(chunk)
-            if sync:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the chunks of `data` atomically; returns the bytes written."""
+    with atomic_writer(path, sync) as out:
+        for chunk in data:
+            out.write(chunk)
     return sum(len(chunk) for chunk in data)
 
 

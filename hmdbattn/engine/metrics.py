@@ -24,14 +24,15 @@ import csv
 import io
 import os
 import statistics
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from hmdbattn.fileio import atomic_write_text, atomic_writer
 
 __all__ = [
     "ClassAccuracy",
@@ -325,24 +326,6 @@ def _as_matrix(
     return counts
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``.
-
-    Readers never see a half-written file, and a failed write leaves the old one in place.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_confusion_csv(
     path: str | os.PathLike[str],
     matrix: torch.Tensor | Sequence[Sequence[int]],
@@ -351,13 +334,9 @@ def write_confusion_csv(
     """Write the matrix as CSV: a header of predicted class names, then one row per true class."""
     rows = _as_matrix(matrix, class_names).tolist()
 
-    def write(stream: IO[bytes]) -> None:
-        lines: list[list[str]] = [["true/predicted", *class_names]]
-        lines += [[name, *map(str, row)] for name, row in zip(class_names, rows, strict=True)]
-        text = _csv_text(lines)
-        stream.write(text.encode("utf-8"))
-
-    _write_atomic(Path(path), write)
+    lines: list[list[str]] = [["true/predicted", *class_names]]
+    lines += [[name, *map(str, row)] for name, row in zip(class_names, rows, strict=True)]
+    atomic_write_text(Path(path), _csv_text(lines))
 
 
 def _csv_text(lines: list[list[str]]) -> str:
@@ -431,10 +410,8 @@ def write_confusion_png(
     _draw_names(image, draw, font, class_names, (left, top), cell)
     _draw_cells(draw, font, counts, (left, top), cell, show_counts)
 
-    def write(stream: IO[bytes]) -> None:
+    with atomic_writer(Path(path)) as stream:
         image.save(stream, format="PNG")
-
-    _write_atomic(Path(path), write)
 
 
 def _draw_names(
