@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from hmdbattn.cli import app
 from hmdbattn.cli.common import ConfigOption, JsonOption, SetOption, resolve_config
-from hmdbattn.data.preprocess import PreprocessSummary, preprocess
 from hmdbattn.errors import UserError
 from hmdbattn.report import console, print_json, table
+
+if TYPE_CHECKING:
+    from hmdbattn.data.preprocess import PreprocessSummary
 
 
 @app.command("preprocess")
@@ -28,6 +31,8 @@ def preprocess_command(
     json_out: bool = JsonOption,
 ) -> None:
     """Decode every video once into the frame cache that training reads (resumable)."""
+    from hmdbattn.data.preprocess import preprocess  # torch and PyAV: only when needed
+
     cfg = resolve_config(config, overrides)
     summary = preprocess(cfg, workers=workers)
     if json_out:
