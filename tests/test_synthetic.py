@@ -173,12 +173,14 @@ def test_rerun_skips_existing_and_regenerates_missing(tmp_path: Path) -> None:
     kept, lost = videos[0], videos[1]
     kept_mtime = kept.stat().st_mtime_ns
     lost.unlink()
-    (lost.parent / f".{lost.name}.partial").write_bytes(b"interrupted")
+    leftover = lost.parent / f".{lost.name}.k1ll3d.tmp"  # a temp file of a killed run
+    leftover.write_bytes(b"interrupted")
     (tmp_path / "splits" / split_file_name("move_left", 2)).unlink()
     summary = tiny(tmp_path, 1)
     assert summary.written == 1
     assert kept.stat().st_mtime_ns == kept_mtime
-    assert tree_bytes(tmp_path) == before  # the stale .partial was overwritten and renamed
+    leftover.unlink()  # harmless litter: never taken for the video it was becoming
+    assert tree_bytes(tmp_path) == before
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
+
+from hmdbattn.data.decode import encode_video
 
 
 def moving_square_frames(num_frames: int, height: int = 48, width: int = 64, seed: int = 0):
@@ -19,25 +20,9 @@ def moving_square_frames(num_frames: int, height: int = 48, width: int = 64, see
     return frames
 
 
-def write_video(
-    path: Path,
-    frames: np.ndarray,
-    fps: int = 30,
-    codec: str = "mpeg4",
-    container_format: str | None = None,
-) -> Path:
+def write_video(path: Path, frames: np.ndarray, fps: int = 30, codec: str = "mpeg4") -> Path:
     """Encode (T, H, W, 3) uint8 frames to `path`; the container follows the file suffix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for array in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_video(path, frames, fps, codec)
     return path
 
 

@@ -1,4 +1,4 @@
-"""Video decoding: the only module of hmdbattn that imports PyAV.
+"""Video decoding (and encoding): the only module of hmdbattn that imports PyAV.
 
 `decode_video` returns the frames decoding actually produced (never the header's frame count),
 as RGB uint8, optionally resized by swscale (bilinear) while decoding, optionally limited to a
@@ -11,7 +11,13 @@ that stops early keeps the frames decoded before the break. Such a file is *usab
 one frame decoded: `Decoded.warning` then says what happened ("truncated: decoded 12 of the 40
 frames the header announces", "corrupt: 1 packet(s) failed to decode ..."). Only a file with no
 decodable frame at all raises. Callers decide how many frames are enough (preprocess's
-``min_frames``). Rotation metadata is ignored for now.
+``min_frames``).
+
+Rotation. Frames come out upright, as a player shows them: the display matrix's rotation
+(a phone's "rotate" metadata), rounded to quarter turns, is applied after the resize, and
+`size` is the upright (height, width). `probe` reports the upright size too, reading the
+rotation from the first frame (PyAV exposes the display matrix on frames only). Mirroring in
+the matrix and angles other than quarter turns are ignored.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import numpy as np
 from av.container import InputContainer
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
+
+from hmdbattn.fileio import atomic_writer
 
 # Timestamps are floats computed from integer pts: compare them with a tolerance far below any
 # real frame period (1 ms is 1/8 of a frame at 120 fps).
@@ -48,6 +56,10 @@ class Decoded:
     fps: float
     start: float  # seconds of the first returned frame, from the stream's first timestamp
     warning: str | None = None  # set when the file is damaged but frames were recovered
+    rotation: int = 0  # degrees counter-clockwise the frames were turned to stand upright
+    # (T,) seconds of each frame from the stream's first timestamp (they need not be evenly
+    # spaced: variable-frame-rate files)
+    times: np.ndarray | None = None
 
 
 @dataclass
@@ -56,9 +68,10 @@ class VideoInfo:
 
     fps: float
     duration: float  # seconds
-    width: int
+    width: int  # upright, as shown (the coded size turned by `rotation`)
     height: int
     frames: int | None  # the header's frame count, when it has one; may be off by one
+    rotation: int = 0  # degrees counter-clockwise the frames are turned to stand upright
 
 
 def _open(path: Path) -> tuple[InputContainer, VideoStream]:
@@ -102,6 +115,8 @@ def probe(path: Path) -> VideoInfo:
     with container:
         fps = _rate(stream) or _FALLBACK_FPS
         header_frames = stream.frames or None
+        rotation = _first_rotation(container, stream)
+        width, height = _turned(stream.width, stream.height, rotation)
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
         elif container.duration is not None:
@@ -110,7 +125,28 @@ def probe(path: Path) -> VideoInfo:
             duration = header_frames / fps
         else:
             duration = _demuxed_duration(container, stream)
-        return VideoInfo(fps, duration, stream.width, stream.height, header_frames)
+        return VideoInfo(fps, duration, width, height, header_frames, rotation)
+
+
+def _quarter_turns(degrees: float) -> int:
+    """A display rotation as counter-clockwise quarter turns, 0 to 3."""
+    return round(degrees / 90) % 4
+
+
+def _turned(width: int, height: int, rotation: int) -> tuple[int, int]:
+    """(width, height) after turning by `rotation` degrees (swapped for a quarter turn)."""
+    return (height, width) if _quarter_turns(rotation) % 2 else (width, height)
+
+
+def _first_rotation(container: InputContainer, stream: VideoStream) -> int:
+    """The first frame's display rotation in degrees (0, 90, 180, 270); 0 if none decodes.
+
+    Leaves the demuxer after the first frame: `_demuxed_duration` still finds the last
+    timestamp, which is all it needs.
+    """
+    for _, frame in _Reader(container, stream).frames():
+        return 90 * _quarter_turns(frame.rotation)
+    return 0
 
 
 def _demuxed_duration(container: InputContainer, stream: VideoStream) -> float:
@@ -137,6 +173,25 @@ class _Reader:
         self._origin = _start_pts(stream)
         self._time_base = float(stream.time_base) if stream.time_base else 0.0
         self._last_time: float | None = None
+        self.rotation: int | None = None  # degrees, set by the first frame upright() turns
+
+    def upright(self, frame: VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+        """The frame as RGB, resized to `size` (upright height, width), then turned upright.
+
+        Every frame is turned as the first one was, so that all have the same shape.
+        """
+        if self.rotation is None:
+            self.rotation = 90 * _quarter_turns(frame.rotation)
+        turns = self.rotation // 90
+        height, width = size if size is not None else (None, None)  # None: keep the size
+        if turns % 2:  # swscale works on the coded frame: a quarter turn swaps the sides
+            height, width = width, height
+        # threads=1: PyAV 18 defaults swscale to automatic threads, set up again for every
+        # frame, which made small frames ~50x slower to convert (measured).
+        array = frame.to_ndarray(width=width, height=height, format="rgb24", threads=1)
+        # np.rot90 turns counter-clockwise, as the display matrix's angle counts; the view is
+        # copied by the np.stack in decode_video.
+        return np.rot90(array, turns) if turns else array
 
     def seek(self, seconds: float) -> bool:
         """Seek to the keyframe at or before `seconds`; False when the container cannot."""
@@ -192,10 +247,11 @@ def decode_video(
 ) -> Decoded:
     """Decode the frames of `path` with timestamps in ``[start, end)`` seconds.
 
-    `size` is (height, width) to resize to while decoding (swscale, bilinear). With ``start > 0``
-    decoding begins at the keyframe before `start`; it stops at `end`. Raises DecodeError when
-    the file cannot be opened or not one frame in the window decodes; see the module docstring
-    for damaged files.
+    `size` is the upright (height, width) to resize to while decoding (swscale, bilinear);
+    frames are turned upright by their display rotation (see the module docstring). With
+    ``start > 0`` decoding begins at the keyframe before `start`; it stops at `end`. Raises
+    DecodeError when the file cannot be opened or not one frame in the window decodes; see the
+    module docstring for damaged files.
     """
     path = Path(path)
     container, stream = _open(path)
@@ -210,7 +266,8 @@ def decode_video(
             raise DecodeError(_no_frames_reason(reader, start, end))
         fps = _fps(stream, times)
         warning = _warning(reader, stream, len(arrays), whole=start <= 0 and end is None)
-        return Decoded(np.stack(arrays), fps, times[0], warning)
+        rotation = reader.rotation or 0
+        return Decoded(np.stack(arrays), fps, times[0], warning, rotation, np.asarray(times))
 
 
 def _collect(
@@ -220,8 +277,7 @@ def _collect(
     end: float | None,
     seek: bool = True,
 ) -> tuple[list[float], list[np.ndarray]]:
-    """Timestamps and RGB arrays of the frames in the window."""
-    height, width = size if size is not None else (None, None)  # None: keep the size
+    """Timestamps and upright RGB arrays of the frames in the window."""
     seeked = seek and start > 0 and reader.seek(start)
     times: list[float] = []
     arrays: list[np.ndarray] = []
@@ -235,10 +291,7 @@ def _collect(
         if seconds < start - _TIME_EPS:
             continue
         times.append(seconds)
-        # threads=1: PyAV 18 defaults swscale to automatic threads, set up again for every
-        # frame, which made small frames ~50x slower to convert (measured).
-        array = frame.to_ndarray(width=width, height=height, format="rgb24", threads=1)
-        arrays.append(array)
+        arrays.append(reader.upright(frame, size))
     return times, arrays
 
 
@@ -275,3 +328,37 @@ def _warning(reader: _Reader, stream: VideoStream, decoded: int, whole: bool) ->
             count = f"decoding stopped after {decoded} frames"
         return f"truncated: {count}" + (f" ({reader.stopped})" if reader.stopped else "")
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing (the synthetic dataset and the tests make real video files)
+
+_CONTAINERS = {".avi": "avi", ".mp4": "mp4", ".mkv": "matroska", ".webm": "webm", ".mov": "mov"}
+
+
+def encode_video(
+    path: Path,
+    frames: np.ndarray,
+    fps: int,
+    codec: str = "mpeg4",
+    bit_rate: int | None = None,
+) -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames into `path`, atomically; the suffix picks the container.
+
+    One encoder thread: with more, the slice layout (hence the bytes) follows the CPU count.
+    """
+    container_format = _CONTAINERS.get(path.suffix.lower())
+    if container_format is None:
+        raise ValueError(f"{path}: unknown container suffix (one of {', '.join(_CONTAINERS)})")
+    height, width = frames.shape[1:3]
+    with atomic_writer(path) as f, av.open(f, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, VideoStream), f"{codec} is not a video codec"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if bit_rate is not None:
+            stream.bit_rate = bit_rate
+        stream.codec_context.thread_count = 1
+        for array in frames:
+            frame = VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())

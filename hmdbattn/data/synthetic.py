@@ -41,7 +41,6 @@ shape the clips, so a rerun with other settings cannot silently mix two datasets
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,11 +48,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
 
-import av
 import numpy as np
 
+from hmdbattn.data.decode import encode_video
 from hmdbattn.data.hmdb51 import SPLITS, class_order, split_file_name
 from hmdbattn.errors import UserError
+from hmdbattn.fileio import atomic_write_text
 from hmdbattn.report import progress
 
 # (forward, reverse): the reverse class is rendered as the forward class, then played backwards.
@@ -211,7 +211,7 @@ def _claim_root(root: Path, settings: dict[str, object]) -> None:
             )
         return
     root.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, json.dumps(wanted, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(wanted, indent=2) + "\n")
 
 
 @contextmanager
@@ -265,34 +265,13 @@ def _write_splits(folder: Path, label: str, names: list[str], seed: int) -> None
         ids = split_ids(len(names), _rng(seed, label, _SPLIT, split))
         # The real files end each line with a space too; whitespace parsing copes with it.
         text = "".join(f"{names[i]} {ids[i]} \n" for i in order)
-        _write_text_atomic(folder / split_file_name(label, split), text)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        atomic_write_text(folder / split_file_name(label, split), text)
 
 
 def write_avi(path: Path, frames: np.ndarray, fps: int) -> None:
-    """Encode (T, H, W, 3) uint8 RGB as MPEG-4 part 2 AVI, atomically (temp file, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
+    """Encode (T, H, W, 3) uint8 RGB as MPEG-4 part 2 AVI, atomically, at about HMDB51's rate."""
     height, width = frames.shape[1:3]
-    try:
-        with av.open(str(tmp), mode="w", format="avi") as container:
-            stream = container.add_stream("mpeg4", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.bit_rate = int(0.3 * width * height * fps)  # about HMDB51's ~700 kb/s
-            # One thread: the slice layout, hence the bytes, would otherwise follow the CPU count.
-            stream.codec_context.thread_count = 1
-            for array in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-            container.mux(stream.encode())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    encode_video(path, frames, fps, "mpeg4", bit_rate=int(0.3 * width * height * fps))
 
 
 # ---------------------------------------------------------------------------------------------

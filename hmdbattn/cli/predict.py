@@ -1,0 +1,90 @@
+"""`hmdbattn predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from hmdbattn.cli import app
+from hmdbattn.cli.common import JsonOption
+from hmdbattn.report import console, err_console, print_json, table
+
+if TYPE_CHECKING:
+    from hmdbattn.predict import VideoPrediction
+
+DEFAULT_TOP_K = 5  # hmdbattn.predict.DEFAULT_TOP_K, repeated so --help needs no torch import
+
+
+@app.command("predict")
+def predict(
+    videos: list[Path] = typer.Argument(
+        ..., help="Video files (anything FFmpeg decodes).", show_default=False
+    ),
+    checkpoint: Path = typer.Option(
+        ..., "--checkpoint", help="A checkpoint of `hmdbattn train` (best.pt / last.pt)."
+    ),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", min=1, help="Classes to list per video."),
+    window: float | None = typer.Option(
+        None, "--window", help="Seconds per window: per-window predictions and a timeline."
+    ),
+    stride: float | None = typer.Option(
+        None, "--stride", help="Seconds between window starts (default: the window)."
+    ),
+    explain: Path | None = typer.Option(
+        None,
+        "--explain",
+        help="Draw where the model looks: a directory (<stem>.explain.png per video), "
+        "or a .png file for a single video.",
+    ),
+    json_out: bool = JsonOption,
+) -> None:
+    """Predict the action in video files with a trained checkpoint.
+
+    Class names and preprocessing come from the checkpoint. The video-level answer is the mean
+    softmax over windows: by default the evaluation windows (clip_duration each, covering the
+    video); --window/--stride scan the video and add a timeline. A file that cannot be read is
+    reported on stderr and the others are still answered; the exit code is then 1.
+    """
+    from hmdbattn.predict import Predictor, check_windows, explain_paths
+
+    check_windows(window, stride)
+    outputs = explain_paths(videos, explain) if explain is not None else None
+    predictor = Predictor.from_checkpoint(checkpoint)
+    timeline = window is not None or stride is not None
+    results = []
+    for result in predictor.predict_all(videos, window, stride, outputs):
+        results.append(result)
+        _report_problems(result)
+        if not json_out and result.error is None:
+            _print_result(result, top_k, timeline)
+    if json_out:
+        rows = [r.to_dict(top_k, windows=timeline) for r in results]
+        print_json({"checkpoint": str(checkpoint), "results": rows})
+    if any(r.error is not None for r in results):
+        raise typer.Exit(1)
+
+
+def _report_problems(result: VideoPrediction) -> None:
+    """One line on stderr per failed file (and per damaged but usable one)."""
+    if result.error is not None:
+        line, style = f"error: {result.path}: {result.error}", "bold red"
+    elif result.warning is not None:
+        line, style = f"warning: {result.path}: {result.warning}", "yellow"
+    else:
+        return
+    err_console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_result(result: VideoPrediction, top_k: int, timeline: bool) -> None:
+    title = f"{result.path} ({result.duration:.1f} s, {len(result.windows)} window(s))"
+    rows = [(rank, label, p) for rank, (label, p) in enumerate(result.top(top_k), start=1)]
+    console.print(table(title, ("#", "class", "probability"), rows))
+    if timeline:
+        segments = [(s.start, s.end, s.label, s.confidence) for s in result.timeline()]
+        columns = ("start s", "end s", "class", "confidence")
+        console.print(table("timeline", columns, segments))
+    if result.explanation is not None:
+        line = f"explanation: {result.explanation}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
