@@ -13,6 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_writer(path: Path, sync: bool = False) -> Iterator[IO[bytes]]:
@@ -28,6 +31,7 @@ def atomic_writer(path: Path, sync: bool = False) -> Iterator[IO[bytes]]:
             if sync:
                 f.flush()
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; honour the user's umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
