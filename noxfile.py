@@ -28,3 +28,16 @@ def typecheck(session: nox.Session) -> None:
     """mypy on the package."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks at CPU size (a few minutes); each ends with its line of ratios.
+
+    On a GPU machine run `bash benchmarks/gpu.sh` instead (figures under $OUT).
+    """
+    session.install("-e", ".")
+    session.run("python", "benchmarks/loader.py")
+    session.run("python", "benchmarks/train_step.py", "--device", "cpu")
+    session.run("python", "benchmarks/eval_step.py", "--device", "cpu")
+    session.run("python", "benchmarks/predict.py")
