@@ -60,6 +60,7 @@ class DataConfig(Section):
         0, ge=0, description="evaluation windows per video; 0 = every non-overlapping window"
     )
     eval_crops: Literal[1, 3] = 1
+    hflip: bool = Field(True, description="random horizontal flips in training")
     mean: tuple[float, float, float] = KINETICS_MEAN
     std: tuple[float, float, float] = KINETICS_STD
     batch_size: int = Field(8, ge=1)

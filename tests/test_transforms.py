@@ -95,3 +95,15 @@ def test_from_config_and_errors():
         t(torch.zeros(2, 16, 20, 3, dtype=torch.uint8))  # no batch dimension
     with pytest.raises(ValueError):
         VideoTransform("test", 8, MEAN, STD)  # type: ignore[arg-type]
+
+
+def test_hflip_off_never_mirrors() -> None:
+    """With hflip = False a clip is only cropped: mirrored pairs (move left/right) keep labels."""
+    clip = torch.arange(6 * 6 * 3, dtype=torch.uint8).reshape(1, 1, 6, 6, 3).repeat(16, 1, 1, 1, 1)
+    plain = VideoTransform("train", 6, [0.0] * 3, [1.0] * 3, hflip=False)
+    flipping = VideoTransform("train", 6, [0.0] * 3, [1.0] * 3)
+    generator = torch.Generator().manual_seed(0)
+    out = plain(clip, generator)
+    assert torch.equal(out, out[:1].expand_as(out))  # every sample identical: no flips
+    mirrored = flipping(clip, torch.Generator().manual_seed(0))
+    assert any(torch.equal(m, out[0].flip(-1)) for m in mirrored)

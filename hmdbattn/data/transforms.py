@@ -27,7 +27,8 @@ Mode = Literal["train", "eval"]
 class VideoTransform:
     """Crop, flip and normalise a batch of clips.
 
-    - ``train``: per-sample random crop and random horizontal flip (probability 0.5), drawn from
+    - ``train``: per-sample random crop and random horizontal flip (probability 0.5; off with
+      ``hflip = False``, for classes that a mirror turns into one another), drawn from
       the generator passed to the call, so a seeded generator repeats them exactly.
     - ``eval``: the centre crop, or with ``eval_crops = 3`` three crops along the longer side
       (left / centre / right, or top / centre / bottom) giving ``(B * 3, 3, T, crop, crop)``,
@@ -43,6 +44,7 @@ class VideoTransform:
         mean: Sequence[float],
         std: Sequence[float],
         eval_crops: int = 1,
+        hflip: bool = True,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -53,13 +55,14 @@ class VideoTransform:
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.eval_crops = eval_crops if mode == "eval" else 1
+        self.hflip = hflip
         self._mean255 = [255.0 * m for m in self.mean]
         self._std255 = [255.0 * s for s in self.std]
 
     @classmethod
     def from_config(cls, data: DataConfig, mode: Mode) -> VideoTransform:
-        """The transform of a data config section (crop_size, mean, std, eval_crops)."""
-        return cls(mode, data.crop_size, data.mean, data.std, data.eval_crops)
+        """The transform of a data config section (crop_size, mean, std, eval_crops, hflip)."""
+        return cls(mode, data.crop_size, data.mean, data.std, data.eval_crops, data.hflip)
 
     @property
     def views(self) -> int:
@@ -103,6 +106,7 @@ class VideoTransform:
         tops = torch.randint(0, height - size + 1, (batch,), generator=generator, device=device)
         lefts = torch.randint(0, width - size + 1, (batch,), generator=generator, device=device)
         flips = torch.rand((batch,), generator=generator, device=device) < 0.5
+        flips &= self.hflip  # drawn either way, so other draws do not depend on the setting
         params = zip(tops.tolist(), lefts.tolist(), flips.tolist(), strict=True)
         out = []
         for clip, (top, left, flip) in zip(x, params, strict=True):
