@@ -608,12 +608,7 @@ def dry_run_rows(ablation: Ablation) -> list[dict]:
                 "label": variant.label,
                 "slug": variant.slug,
                 "set": variant.overrides,
-                "params": {
-                    "cnn": params.cnn,
-                    "attention": params.attention,
-                    "classifier": params.classifier,
-                    "total": params.total,
-                },
+                "params": params.to_dict(),
                 "gmacs": round(gmacs, 3),
                 "token_grid": list(grid),
             }

@@ -47,12 +47,7 @@ def dry_run(cfg: Config, json_out: bool) -> None:
     params, gmacs, grid = clip_profile(cfg)
     summary = {
         "config": cfg.model_dump(mode="json"),
-        "params": {
-            "cnn": params.cnn,
-            "attention": params.attention,
-            "classifier": params.classifier,
-            "total": params.total,
-        },
+        "params": params.to_dict(),
         "gmacs": round(gmacs, 3),
         "token_grid": list(grid),
         "tokens": grid[0] * grid[1] * grid[2],

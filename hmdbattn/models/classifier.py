@@ -64,6 +64,14 @@ class ParamCounts:
     def total(self) -> int:
         return self.cnn + self.attention + self.classifier
 
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "cnn": self.cnn,
+            "attention": self.attention,
+            "classifier": self.classifier,
+            "total": self.total,
+        }
+
 
 def param_counts(model: VideoClassifier) -> ParamCounts:
     """Count parameters the way the research's tables do (classifier apart)."""
