@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -65,3 +66,12 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     preprocess(load_config(None, tiny_overrides(root, root)), workers=0, show_progress=False)
     return root
+
+
+def set_args(overrides: dict[str, object]) -> list[str]:
+    """``--set key=value`` arguments for the CLI, values written as TOML-readable text."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        args += ["--set", f"{key}={text}"]
+    return args

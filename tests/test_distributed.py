@@ -11,19 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.evaluate import evaluate_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-
-
-def sets(overrides: dict[str, object]) -> list[str]:
-    args = []
-    for key, value in overrides.items():
-        args += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
-    return args
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +25,7 @@ def ddp_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     overrides = tiny_overrides(tiny_dataset, out, **{"train.name": "ddp", "train.epochs": 2})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [*TORCHRUN, "-m", "hmdbattn", "train", *sets(overrides), "--json"],
+        [*TORCHRUN, "-m", "hmdbattn", "train", *set_args(overrides), "--json"],
         capture_output=True,
         text=True,
         env=env,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 from hmdbattn import load_config
 from hmdbattn.data.preprocess import preprocess
@@ -31,9 +31,8 @@ def hmdbattn(*args: str) -> subprocess.CompletedProcess:
 def runs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two tiny runs, on splits 1 and 2, trained through `train --splits`."""
     out = tmp_path_factory.mktemp("eval-runs")
-    args = ["train", "--splits", "1,2", "--json"]
-    for key, value in tiny_overrides(tiny_dataset, out, **{"train.name": "tiny"}).items():
-        args += ["--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+    overrides = tiny_overrides(tiny_dataset, out, **{"train.name": "tiny"})
+    args = ["train", "--splits", "1,2", "--json", *set_args(overrides)]
     result = hmdbattn(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     assert set(json.loads(result.stdout)) == {str(out / "tiny-split1"), str(out / "tiny-split2")}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import set_args, tiny_overrides
 
 from hmdbattn import load_config
 from hmdbattn.config import TrainConfig
@@ -61,10 +61,8 @@ def test_existing_run_is_not_clobbered(tiny_dataset, tmp_path) -> None:
 
 
 def _train_cli(root: Path, out: Path, name: str, *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "hmdbattn", "train"]
-    for key, value in tiny_overrides(root, out, **{"train.name": name, "train.epochs": 3}).items():
-        args += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
-    return args + list(extra)
+    overrides = tiny_overrides(root, out, **{"train.name": name, "train.epochs": 3})
+    return [sys.executable, "-m", "hmdbattn", "train", *set_args(overrides), *extra]
 
 
 def test_killed_mid_epoch_and_resumed_matches_uninterrupted(tiny_dataset, tmp_path) -> None:
