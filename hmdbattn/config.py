@@ -136,7 +136,7 @@ class TrainConfig(Section):
     compile: bool = False
     seed: int = 0
     patience: int = Field(0, ge=0, description="early stopping epochs; 0 = off")
-    tensorboard: bool = True
+    tensorboard: bool = Field(True, description="log to <run>/tensorboard if it is installed")
 
 
 class EvalConfig(Section):

@@ -152,3 +152,15 @@ def test_mixing_keeps_shapes_and_soft_targets_sum_to_one(mixup, cutmix) -> None:
     assert mixed.shape == x.shape and targets.shape == (6, 3)
     assert torch.allclose(targets.sum(1), torch.ones(6))
     assert not torch.equal(mixed, x)
+
+
+def test_tensorboard_gets_every_epoch_metric(tiny_dataset, tmp_path) -> None:
+    pytest.importorskip("tensorboard")  # optional; the dev extra installs it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tiny_dataset, tmp_path, "tb", **{"train.epochs": 2})
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_video_acc", "lr"} <= tags
+    assert [e.step for e in events.Scalars("val_video_acc")] == [1, 2]

@@ -253,6 +253,23 @@ def end_epoch(trainer: Trainer, row: dict[str, Any]) -> None:
         atomic_save(ckpt, trainer.run_dir / "best.pt")
     lines = "".join(json.dumps(r) + "\n" for r in s.history)
     atomic_write_text(trainer.run_dir / "metrics.jsonl", lines)
+    log_tensorboard(trainer, row)
+
+
+def log_tensorboard(trainer: Trainer, row: dict[str, Any]) -> None:
+    """Add the epoch's metrics to ``<run>/tensorboard`` when the tensorboard package is there."""
+    if not trainer.config.train.tensorboard:
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: `pip install hmdbattn[tensorboard]`
+        return
+    # One short-lived writer per epoch: nothing stays open if the run is killed, and a resumed
+    # run appends to the same folder.
+    with SummaryWriter(str(trainer.run_dir / "tensorboard")) as writer:
+        for key, value in row.items():
+            if key != "epoch":
+                writer.add_scalar(key, value, row["epoch"])
 
 
 def run_epochs(trainer: Trainer, show_progress: bool) -> RunState:
