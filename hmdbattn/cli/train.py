@@ -78,6 +78,8 @@ def train(
     if resume is not None:
         if config is not None or splits:
             raise UserError("--resume takes the run's own config.toml: drop --config / --splits")
+        if not (resume / "last.pt").is_file():
+            raise UserError(f"{resume}: nothing to resume (no last.pt): is it a run directory?")
         runs = [(load_config(resume / "config.toml", overrides or []), resume)]
     else:
         cfg = resolve_config(config, overrides)
