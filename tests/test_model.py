@@ -155,6 +155,7 @@ LAYOUTS = [
     {"cross_layers": 1, "self_layers": 6},
     {"cross_layers": 3, "self_layers": 1, "share_cross_weights": True},
     {"head": "pool"},
+    {"head": "pool", "pool": "max"},
 ]
 
 

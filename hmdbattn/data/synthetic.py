@@ -138,7 +138,7 @@ def generate(
     root: Path,
     *,
     classes: int = 8,
-    videos_per_class: int = 24,
+    videos_per_class: int = 60,
     seconds: float = 2.0,
     size: tuple[int, int] = (320, 240),
     fps: int = 30,

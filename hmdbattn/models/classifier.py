@@ -16,13 +16,16 @@ DEFAULT_NUM_CLASSES = 51  # HMDB51, used when neither the config nor a dataset s
 
 
 class PoolHead(nn.Module):
-    """The baseline: global average pooling, dropout, linear."""
+    """The baseline: global average (or max) pooling, dropout, linear."""
 
-    def __init__(self, channels: int, num_classes: int, dropout: float) -> None:
+    def __init__(self, channels: int, num_classes: int, dropout: float, pool: str = "avg"):
         super().__init__()
+        self.pool = pool
         self.classifier = Classifier(channels, num_classes, dropout, norm=False)
 
     def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        if self.pool == "max":
+            return features.amax(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
         return features.mean(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -32,7 +35,7 @@ class PoolHead(nn.Module):
 def build_head(config: ModelConfig, channels: int, num_classes: int) -> nn.Module:
     """The head named by ``model.head``."""
     if config.head == "pool":
-        return PoolHead(channels, num_classes, config.head_dropout)
+        return PoolHead(channels, num_classes, config.head_dropout, config.pool)
     return PerceiverHead(config, channels, num_classes)
 
 
