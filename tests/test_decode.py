@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
 import av
 import numpy as np
 import pytest
-from videofiles import moving_square_frames, write_avi
+from videofiles import write_avi, write_vfr
 
 from hmdbattn.data.decode import DecodeError, _fps, decode_video, probe
 
@@ -28,7 +27,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Cut inside the frame data: the header still announces 40 frames.
     (folder / "truncated.avi").write_bytes(data[: movi + (len(data) - movi) * 3 // 4])
     _write_wav(folder / "audio.avi")
-    _write_vfr(folder / "vfr.mkv", [0, 20, 40, 100, 200, 220, 240, 400, 500, 520, 540, 600])
+    write_vfr(folder / "vfr.mkv", [0, 20, 40, 100, 200, 220, 240, 400, 500, 520, 540, 600])
     return folder
 
 
@@ -41,22 +40,6 @@ def _write_wav(path: Path) -> None:
                 np.zeros((1, 1000), dtype=np.int16), format="s16", layout="mono"
             )
             frame.sample_rate, frame.pts = 8000, i * 1000
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def _write_vfr(path: Path, times_ms: list[int]) -> None:
-    """A variable-frame-rate Matroska file with frames at `times_ms`."""
-    frames = moving_square_frames(len(times_ms))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 1000)
-        for array, ms in zip(frames, times_ms, strict=True):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            frame.pts, frame.time_base = ms, Fraction(1, 1000)
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

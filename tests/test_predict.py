@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -17,7 +16,7 @@ import torch
 from conftest import TINY, tiny_overrides
 from PIL import Image
 from torch import nn
-from videofiles import moving_square_frames, write_avi, write_video
+from videofiles import moving_square_frames, write_avi, write_vfr, write_video
 
 from hmdbattn import load_config
 from hmdbattn.data.clips import eval_windows
@@ -97,20 +96,6 @@ def _write_audio_only(path: Path) -> None:
         container.mux(stream.encode())
 
 
-def _write_vfr(path: Path, times_ms: list[int]) -> None:
-    """Matroska with frames at irregular times (variable frame rate)."""
-    frames = moving_square_frames(len(times_ms))
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, 1000)
-        for array, ms in zip(frames, times_ms, strict=True):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-            frame.pts, frame.time_base = ms, Fraction(1, 1000)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-
-
 def _marked_frames(num_frames: int, height: int, width: int) -> np.ndarray:
     """Grey frames with a red block in the top-left corner (shows which way is up)."""
     frames = np.full((num_frames, height, width, 3), 90, dtype=np.uint8)
@@ -141,7 +126,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if "libvpx-vp9" in av.codecs_available:
         write_video(folder / "clip.webm", frames, fps=FPS, codec="libvpx-vp9")
     _write_with_audio(folder / "with_audio.mp4", frames)
-    _write_vfr(folder / "vfr.mkv", VFR_MS)
+    write_vfr(folder / "vfr.mkv", VFR_MS)
     write_video(folder / "portrait.mp4", _marked_frames(20, 64, 48), fps=FPS, codec="libx264")
     _write_rotated(folder / "rotated.mp4")
     # Not usable: empty, text, audio only, random bytes, and a header with no frame after it.

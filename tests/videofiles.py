@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from hmdbattn.data.decode import encode_video
@@ -36,3 +38,18 @@ def write_avi(
 ) -> Path:
     """A small MPEG-4 AVI like HMDB51's (a moving square), `num_frames` long."""
     return write_video(path, moving_square_frames(num_frames, height, width, seed), fps=fps)
+
+
+def write_vfr(path: Path, times_ms: list[int]) -> Path:
+    """A variable-frame-rate Matroska file (64x48) with one frame at each of `times_ms`."""
+    frames = moving_square_frames(len(times_ms))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for array, ms in zip(frames, times_ms, strict=True):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
