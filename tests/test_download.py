@@ -354,7 +354,7 @@ def test_cli_synthetic_passes_options(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(synthetic, "generate", fake_generate)
     args = ["download", "--synthetic", "--root", str(tmp_path), "--classes", "2", "--size", "64x48"]
-    result = CliRunner().invoke(app, [*args, "--json"])
+    result = CliRunner().invoke(app, [*args, "--workers", "3", "--json"])
     assert result.exit_code == 0, result.output
     assert calls == [
         (
@@ -366,6 +366,7 @@ def test_cli_synthetic_passes_options(tmp_path: Path, monkeypatch: pytest.Monkey
                 "size": (64, 48),
                 "fps": 30,
                 "seed": 0,
+                "workers": 3,
             },
         )
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -56,6 +57,9 @@ def download(
     size: str = typer.Option("320x240", "--size", help="Synthetic: WIDTHxHEIGHT."),
     fps: int = typer.Option(30, "--fps", min=1, help="Synthetic: frames per second."),
     seed: int = typer.Option(0, "--seed", help="Synthetic: random seed."),
+    workers: int = typer.Option(
+        os.cpu_count() or 1, "--workers", min=0, help="Synthetic: rendering processes."
+    ),
 ) -> None:
     """Download, extract and verify HMDB51 under the dataset root (or write a synthetic one)."""
     cfg = resolve_config(config, overrides)
@@ -71,6 +75,7 @@ def download(
             size=parse_size(size),
             fps=fps,
             seed=seed,
+            workers=workers,
         )
         summary: dict[str, Any] = {
             "root": str(made.root),

@@ -41,8 +41,10 @@ shape the clips, so a rerun with other settings cannot silently mix two datasets
 from __future__ import annotations
 
 import json
+import multiprocessing
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -143,33 +145,77 @@ def generate(
     size: tuple[int, int] = (320, 240),
     fps: int = 30,
     seed: int = 0,
+    workers: int = 0,
     show_progress: bool = True,
 ) -> SyntheticSummary:
     """Write a synthetic HMDB51 under `root` (``videos/<class>/*.avi``, ``splits/*.txt``).
 
     `size` is (width, height). Clip lengths vary by +-25% around `seconds` but never fall under
     one second (or under `seconds`, if that is shorter). Videos that already exist are kept, so
-    rerunning after an interruption only writes what is missing.
+    rerunning after an interruption only writes what is missing. `workers` > 0 renders in that
+    many processes; the files are the same either way, since a clip depends on nothing else.
     """
     _check_args(classes, videos_per_class, seconds, size, fps, seed)
     root = Path(root)
     labels = list(CLASSES[:classes])
     _claim_root(root, {"seconds": seconds, "size": list(size), "fps": fps, "seed": seed})
     names = {lab: [video_name(lab, seed, i) for i in range(videos_per_class)] for lab in labels}
-    written = 0
-    with _progress_bar(show_progress, classes * videos_per_class) as advance:
-        for label in labels:
-            for index, name in enumerate(names[label]):
-                path = root / "videos" / label / name
-                if not path.is_file():
-                    frames = render_video(label, seed, index, seconds=seconds, size=size, fps=fps)
-                    write_avi(path, frames, fps)
-                    written += 1
-                advance()
+    todo = [
+        _Job(root / "videos" / label / name, label, seed, index, seconds, size, fps)
+        for label in labels
+        for index, name in enumerate(names[label])
+        if not (root / "videos" / label / name).is_file()
+    ]
+    total = classes * videos_per_class
+    with _progress_bar(show_progress, total) as advance:
+        for _ in range(total - len(todo)):
+            advance()
+        for _ in _run_jobs(todo, workers):
+            advance()
     # Split files last: an interrupted run never leaves one naming a video not yet written.
     for label in labels:
         _write_splits(root / "splits", label, names[label], seed)
-    return SyntheticSummary(root, class_order(labels), classes * videos_per_class, written)
+    return SyntheticSummary(root, class_order(labels), total, len(todo))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One video to render and write (picklable, for worker processes)."""
+
+    path: Path
+    label: str
+    seed: int
+    index: int
+    seconds: float
+    size: tuple[int, int]
+    fps: int
+
+
+def _write_job(job: _Job) -> None:
+    frames = render_video(
+        job.label, job.seed, job.index, seconds=job.seconds, size=job.size, fps=job.fps
+    )
+    write_avi(job.path, frames, job.fps)
+
+
+def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[None]:
+    """Write every job, yielding once per finished video."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            _write_job(job)
+            yield
+        return
+    # "spawn", like preprocess: forking a parent that holds torch's thread pools is unsafe.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        futures = [pool.submit(_write_job, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                future.result()
+                yield
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _check_args(
