@@ -2,15 +2,18 @@
 
 Makes HMDB51-like videos (320x240, 30 fps, 3 to 5 s of textured background and moving shapes,
 MPEG-4 AVI, with hmdbattn's synthetic generator), caches them with ``preprocess``, then times
-``TrainClips`` plus the training ``VideoTransform`` on the CPU at the research's settings
-(16 frames from 2 s, resize 128x171, crop 112) in one process and with 2 loader workers.
+the training loader (``TrainClips`` in a ``DataLoader``, uint8 batches as training receives them)
+at the research's settings (16 frames from 2 s, resize 128x171, crop 112) in one process and
+with 2 loader workers.
 
     python benchmarks/loader.py [--videos 24] [--seconds 2] [--root DIR]
 
 Each row: clips per second (wall clock, the first batch left out) and CPU milliseconds per clip
 (this process and its loader workers together: the cost per core when every core loads). The
-last lines are the cache's speedup over decoding in one process, ``cpu speedup: <x>`` by CPU
-time, then ``speedup: <x>`` by clips per second.
+crop / flip / normalise transform is timed on its own: training runs it on the model's device
+(the GPU, in real training), after the loader, and it costs the same whatever the source. The
+last lines are the cache's speedup over decoding in one process: with the transform on this
+CPU, then ``cpu speedup: <x>`` by loader CPU time, then ``speedup: <x>`` by loader clips/s.
 """
 
 from __future__ import annotations
@@ -81,29 +84,39 @@ def cpu_seconds() -> float:
 
 
 def measure(config: Config, seconds: float) -> Row:
-    """Load + transform whole epochs of clips for about `seconds`."""
+    """Load whole epochs of uint8 clip batches for about `seconds`."""
     cpu = cpu_seconds()
     dataset = TrainClips(config, all_videos(config), [])
     loader = make_loader(dataset, config, train=True)
-    data = config.data
-    transform = VideoTransform("train", data.crop_size, data.mean, data.std)
-    generator = torch.Generator().manual_seed(0)
     clips, timed, epoch, started = 0, 0, 0, None
     # Whole epochs only: persistent workers prefetch nothing beyond the last one.
     while started is None or time.perf_counter() - started < seconds:
         dataset.set_epoch(epoch)
-        for frames, _, _ in loader:
-            batch = transform(frames, generator)  # (B, 3, 16, 112, 112) float32
-            clips += batch.shape[0]
+        for frames, _, _ in loader:  # (B, 16, 128, 171, 3) uint8
+            clips += frames.shape[0]
             if started is None:  # the first batch pays for worker start-up: not timed
                 started = time.perf_counter()
             else:
-                timed += batch.shape[0]
+                timed += frames.shape[0]
         epoch += 1
     wall = time.perf_counter() - started
     del loader  # workers exit and are joined, so their CPU time is counted
     gc.collect()
     return Row(timed / wall, 1000 * (cpu_seconds() - cpu) / clips)
+
+
+def transform_ms(config: Config, seconds: float) -> float:
+    """Milliseconds per clip of the training crop / flip / normalise on this CPU."""
+    data = config.data
+    transform = VideoTransform("train", data.crop_size, data.mean, data.std)
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (BATCH, data.num_frames, *data.resize, 3), dtype=torch.uint8)
+    transform(frames, generator)  # warm-up
+    batches, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        transform(frames, generator)  # (B, 3, 16, 112, 112) float32
+        batches += 1
+    return 1000 * (time.perf_counter() - started) / (batches * BATCH)
 
 
 def run(root: Path, videos: int, seconds: float) -> tuple[float, float]:
@@ -126,6 +139,10 @@ def run(root: Path, videos: int, seconds: float) -> tuple[float, float]:
             row = rows[source, workers] = measure(config_for(root, source, workers), seconds)
             print(f"{source:<8}{workers:>8}{row.clips_per_s:>10.1f}{row.cpu_ms_per_clip:>13.2f}")
     cache, video = rows["cache", 0], rows["video", 0]
+    transform = transform_ms(config_for(root, "cache", 0), seconds)
+    print(f"crop / flip / normalise on this CPU: {transform:.2f} ms/clip (both sources)")
+    with_transform = (1000 / video.clips_per_s + transform) / (1000 / cache.clips_per_s + transform)
+    print(f"speedup with the transform on this CPU: {with_transform:.1f}")
     return cache.clips_per_s / video.clips_per_s, video.cpu_ms_per_clip / cache.cpu_ms_per_clip
 
 
