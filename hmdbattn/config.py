@@ -84,8 +84,10 @@ class ModelConfig(Section):
     pretrained: bool = Field(False, description="torchvision's Kinetics-400 weights")
     weights: Path | None = Field(None, description="local state dict of r2plus1d_18")
     head: Literal["perceiver", "pool"] = "perceiver"
-    pool: Literal["avg", "max"] = Field(
-        "avg", description="the pool head's pooling; max finds small objects on busy backgrounds"
+    pool: Literal["avg", "max", "avgmax"] = Field(
+        "avg",
+        description="the pool head's pooling: max finds small objects on busy backgrounds, "
+        "avgmax concatenates both",
     )
     num_classes: int | None = Field(None, ge=2, description="default: the dataset's classes")
     cross_layers: int = Field(1, ge=0, le=16)

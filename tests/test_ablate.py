@@ -139,7 +139,7 @@ def test_every_shipped_grid_resolves(config) -> None:
         assert ablation.folder.name == f"ablate-{name}"
         assert [r.variant.label for r in ablation.runs] == [v.label for v in grid.variants]
         for run in ablation.runs:
-            # The variant's own settings win over the config file (synthetic has 2 blocks).
+            # The variant's own settings win over the config file (synthetic has 1 block).
             for key, value in run.variant.overrides.items():
                 section, _, field = key.partition(".")
                 assert getattr(getattr(run.config, section), field) == value, (name, key)

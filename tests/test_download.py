@@ -361,7 +361,7 @@ def test_cli_synthetic_passes_options(tmp_path: Path, monkeypatch: pytest.Monkey
             tmp_path,
             {
                 "classes": 2,
-                "videos_per_class": 60,
+                "videos_per_class": 100,
                 "seconds": 2.0,
                 "size": (64, 48),
                 "fps": 30,

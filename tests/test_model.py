@@ -156,6 +156,7 @@ LAYOUTS = [
     {"cross_layers": 3, "self_layers": 1, "share_cross_weights": True},
     {"head": "pool"},
     {"head": "pool", "pool": "max"},
+    {"head": "pool", "pool": "avgmax"},
 ]
 
 
@@ -175,6 +176,21 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(layout) -> None:
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax"])
+def test_pool_head_pools_over_time_and_space(pool) -> None:
+    from hmdbattn.models.classifier import PoolHead
+
+    features = torch.zeros(2, 3, 4, 5, 5)  # (B, C, T', H', W')
+    features[:, :, 1, 2, 3] = 10.0  # one bright spot per channel: mean 10 / 100, max 10
+    pooled = PoolHead(3, 7, 0.0, pool).pooled(features)
+    expected = {
+        "avg": torch.full((2, 3), 0.1),
+        "max": torch.full((2, 3), 10.0),
+        "avgmax": torch.cat([torch.full((2, 3), 0.1), torch.full((2, 3), 10.0)], 1),
+    }[pool]
+    assert torch.allclose(pooled, expected)
 
 
 def test_shared_cross_weights_have_fewer_parameters() -> None:

@@ -52,7 +52,7 @@ def download(
         False, "--synthetic", help="Write the small synthetic dataset instead of HMDB51."
     ),
     classes: int = typer.Option(8, "--classes", min=2, help="Synthetic: number of classes."),
-    videos_per_class: int = typer.Option(60, "--videos-per-class", min=1, help="Synthetic."),
+    videos_per_class: int = typer.Option(100, "--videos-per-class", min=1, help="Synthetic."),
     seconds: float = typer.Option(2.0, "--seconds", min=0.1, help="Synthetic: clip length."),
     size: str = typer.Option("320x240", "--size", help="Synthetic: WIDTHxHEIGHT."),
     fps: int = typer.Option(30, "--fps", min=1, help="Synthetic: frames per second."),

@@ -16,14 +16,17 @@ DEFAULT_NUM_CLASSES = 51  # HMDB51, used when neither the config nor a dataset s
 
 
 class PoolHead(nn.Module):
-    """The baseline: global average (or max) pooling, dropout, linear."""
+    """The baseline: global pooling (average, max, or both side by side), dropout, linear."""
 
     def __init__(self, channels: int, num_classes: int, dropout: float, pool: str = "avg"):
         super().__init__()
         self.pool = pool
-        self.classifier = Classifier(channels, num_classes, dropout, norm=False)
+        width = 2 * channels if pool == "avgmax" else channels
+        self.classifier = Classifier(width, num_classes, dropout, norm=False)
 
     def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        if self.pool == "avgmax":  # (B, C, T', H', W') -> (B, 2C): where, and how much
+            return torch.cat([features.mean(dim=(2, 3, 4)), features.amax(dim=(2, 3, 4))], 1)
         if self.pool == "max":
             return features.amax(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
         return features.mean(dim=(2, 3, 4))  # (B, C, T', H', W') -> (B, C)
