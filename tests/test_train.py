@@ -104,14 +104,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, 
 
 
 def test_early_stopping_and_step_limit(tiny_dataset, tmp_path) -> None:
-    # With a vanishing learning rate nothing improves after epoch 1: patience 1 stops at 2.
+    # A vanishing learning rate leaves only BatchNorm's running statistics to move the
+    # validation accuracy: it soon stops improving, and patience 1 ends the run at the first
+    # epoch that does not beat the best before it.
     state = run(
         tiny_dataset,
         tmp_path,
         "patience",
         **{"train.epochs": 5, "train.patience": 1, "train.lr": 1e-20},
     )
-    assert state.epoch == 2 and state.stop_reason.startswith("early stop")
+    accs = [row["val_video_acc"] for row in state.history]
+    first_miss = next(e for e in range(1, len(accs)) if accs[e] <= max(accs[:e]))
+    assert state.epoch == first_miss + 1 < 5
+    assert state.stop_reason.startswith("early stop")
     state = run(tiny_dataset, tmp_path, "steps", **{"train.epochs": 5, "train.max_steps": 3})
     assert state.step == 3 and state.epoch == 1 and "step limit" in state.stop_reason
 

@@ -152,7 +152,7 @@ def generate(
 
     `size` is (width, height). Clip lengths vary by +-25% around `seconds` but never fall under
     one second (or under `seconds`, if that is shorter). Videos that already exist are kept, so
-    rerunning after an interruption only writes what is missing. `workers` > 0 renders in that
+    rerunning after an interruption only writes what is missing. `workers` > 1 renders in that
     many processes; the files are the same either way, since a clip depends on nothing else.
     """
     _check_args(classes, videos_per_class, seconds, size, fps, seed)
