@@ -7,8 +7,10 @@ A map over the CNN's T' x H' x W' token grid, one of two kinds:
   latents read the video from.
 - ``cam`` (the pool head, or a Perceiver with ``cross_layers = 0``): a class activation map
   (Zhou et al., 2016), the predicted class's classifier weights applied at every position.
-  For the pool head that is ``head.classifier.fc.weight[c] @ features[:, t, h, w]``, whose mean
-  over positions plus the bias is exactly the class's logit. A Perceiver without
+  For the pool head with average pooling that is ``head.classifier.fc.weight[c] @ features[:, t,
+  h, w]``, whose mean over positions plus the bias is exactly the class's logit; with max pooling
+  each channel's term sits at the position of its maximum (the only one the logit sees), scaled
+  so that the same sum holds (``avgmax`` adds both maps). A Perceiver without
   cross-attention has no linear read-out of the CNN features, so its classifier is applied to
   every token's output of the last self-attention stage instead.
 
@@ -97,9 +99,25 @@ def class_activation_map(head: nn.Module, features: torch.Tensor, target: int) -
     if isinstance(head, PerceiverHead):
         _, outputs = self_attention_outputs(head, features)  # (B, N, D)
         return head.classifier(outputs)[..., target].view(b, t, h, w)  # (B, N) -> (B, T', H', W')
+    return _pool_head_cam(head, features, target).view(b, t, h, w)  # (B, N) -> (B, T', H', W')
+
+
+def _pool_head_cam(head: nn.Module, features: torch.Tensor, target: int) -> torch.Tensor:
+    """The pool head's map (B, N): its mean plus the bias is the logit, for every pooling."""
     fc = cast(nn.Linear, head.get_submodule("classifier.fc"))
-    weight = fc.weight[target]  # (C,)
-    return torch.einsum("c,bcthw->bthw", weight, features)
+    weight = fc.weight[target]  # (C,) or, for avgmax, (2C,): the mean's weights, then the max's
+    flat = features.flatten(2)  # (B, C, T', H', W') -> (B, C, N)
+    channels, positions = flat.shape[1:]
+    pool = getattr(head, "pool", "avg")
+    w_avg = weight[:channels] if pool in ("avg", "avgmax") else None
+    w_max = weight[-channels:] if pool in ("max", "avgmax") else None
+    cam = torch.zeros(flat.shape[0], positions, dtype=flat.dtype, device=flat.device)
+    if w_avg is not None:
+        cam += torch.einsum("c,bcn->bn", w_avg, flat)
+    if w_max is not None:
+        peak, where = flat.max(dim=2)  # (B, C): each channel's maximum and its position
+        cam.scatter_add_(1, where, positions * w_max * peak)
+    return cam
 
 
 def token_map(model: VideoClassifier, x: torch.Tensor, target: int) -> tuple[torch.Tensor, str]:

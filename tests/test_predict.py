@@ -541,9 +541,11 @@ def _features(model: nn.Module) -> torch.Tensor:
     return model.features(x)  # type: ignore[operator]
 
 
-def test_cam_of_the_pool_head_adds_up_to_the_logit() -> None:
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax"])
+def test_cam_of_the_pool_head_adds_up_to_the_logit(pool) -> None:
     torch.manual_seed(0)
-    model = build_model(load_config(None, {**TINY, "model.head": "pool"}), 4).eval()
+    config = load_config(None, {**TINY, "model.head": "pool", "model.pool": pool})
+    model = build_model(config, 4).eval()
     with torch.no_grad():
         features = _features(model)  # (2, C, T', H', W')
         cam = class_activation_map(model.head, features, 2)  # (2, T', H', W')
