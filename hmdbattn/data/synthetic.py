@@ -167,9 +167,7 @@ def generate(
         if not (root / "videos" / label / name).is_file()
     ]
     total = classes * videos_per_class
-    with _progress_bar(show_progress, total) as advance:
-        for _ in range(total - len(todo)):
-            advance()
+    with _progress_bar(show_progress, total, done=total - len(todo)) as advance:
         for _ in _run_jobs(todo, workers):
             advance()
     # Split files last: an interrupted run never leaves one naming a video not yet written.
@@ -261,12 +259,12 @@ def _claim_root(root: Path, settings: dict[str, object]) -> None:
 
 
 @contextmanager
-def _progress_bar(show: bool, total: int) -> Iterator[Callable[[], None]]:
+def _progress_bar(show: bool, total: int, done: int) -> Iterator[Callable[[], None]]:
     if not show:
         yield lambda: None
         return
     with progress("videos") as bar:
-        task = bar.add_task("synthetic videos", total=total)
+        task = bar.add_task("synthetic videos", total=total, completed=done)
         yield lambda: bar.advance(task)
 
 
