@@ -12,13 +12,17 @@ Every error of every source is collected and reported together, each under its d
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
+import textwrap
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -47,24 +51,48 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Where the dataset lives and how clips are cut from it."""
 
-    root: Path = Field(Path("data/synthetic"), description="dataset root: videos/ and splits/")
-    cache_dir: Path | None = Field(None, description="preprocessed cache; default <root>/cache")
-    source: Literal["cache", "video"] = "cache"
+    root: Path = Field(
+        Path("data/synthetic"),
+        description="dataset root, holding videos/<class>/*.avi and splits/*.txt",
+    )
+    cache_dir: Path | None = Field(
+        None, description="folder of the preprocessed JPEG cache; unset = <root>/cache"
+    )
+    source: Literal["cache", "video"] = Field(
+        "cache",
+        description="what training reads: cache (JPEG frames written by `hmdbattn preprocess`) "
+        "or video (decode the videos on the fly)",
+    )
     split: int = Field(1, ge=1, le=3, description="HMDB51 split (1, 2 or 3)")
-    resize: tuple[int, int] = Field((128, 171), description="(height, width) frames are resized to")
-    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the cache")
-    num_frames: int = Field(16, ge=1, le=256)
-    clip_duration: float = Field(2.0, gt=0, description="seconds a clip covers")
-    crop_size: int = Field(112, ge=8)
+    resize: tuple[int, int] = Field(
+        (128, 171), description="(height, width) in pixels that frames are resized to"
+    )
+    jpeg_quality: int = Field(90, ge=50, le=100, description="JPEG quality of the cache (50-100)")
+    num_frames: int = Field(16, ge=1, le=256, description="frames per clip, sampled uniformly")
+    clip_duration: float = Field(2.0, gt=0, description="seconds of video a clip covers")
+    crop_size: int = Field(
+        112,
+        ge=8,
+        description="side in pixels of the square crop fed to the model (random in training, "
+        "centre in evaluation); at most the smaller side of resize",
+    )
     clips_per_video: int = Field(
         0, ge=0, description="evaluation windows per video; 0 = every non-overlapping window"
     )
-    eval_crops: Literal[1, 3] = 1
+    eval_crops: Literal[1, 3] = Field(
+        1, description="crops per evaluation window: 1 (centre) or 3 (along the longer side)"
+    )
     hflip: bool = Field(True, description="random horizontal flips in training")
-    mean: tuple[float, float, float] = KINETICS_MEAN
-    std: tuple[float, float, float] = KINETICS_STD
-    batch_size: int = Field(8, ge=1)
-    num_workers: int = Field(2, ge=0)
+    mean: tuple[float, float, float] = Field(
+        KINETICS_MEAN, description="per-channel (R, G, B) mean subtracted, pixels in [0, 1]"
+    )
+    std: tuple[float, float, float] = Field(
+        KINETICS_STD, description="per-channel (R, G, B) standard deviation divided by"
+    )
+    batch_size: int = Field(8, ge=1, description="training clips per batch (per GPU under DDP)")
+    num_workers: int = Field(
+        2, ge=0, description="data loader processes (and preprocess's); 0 = in the main process"
+    )
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataConfig:
@@ -80,31 +108,70 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """The CNN trunk and the head on top of it (reference.md section 1)."""
 
-    cnn_blocks: int = Field(8, ge=1, le=8, description="R(2+1)D-18 residual blocks kept")
-    pretrained: bool = Field(False, description="torchvision's Kinetics-400 weights")
-    weights: Path | None = Field(None, description="local state dict of r2plus1d_18")
-    head: Literal["perceiver", "pool"] = "perceiver"
+    cnn_blocks: int = Field(
+        8, ge=1, le=8, description="R(2+1)D-18 residual blocks kept (1-8; 8 = the whole trunk)"
+    )
+    pretrained: bool = Field(
+        False, description="start from torchvision's Kinetics-400 weights (downloads them)"
+    )
+    weights: Path | None = Field(
+        None, description="local state dict of r2plus1d_18 to start from; unset = none"
+    )
+    head: Literal["perceiver", "pool"] = Field(
+        "perceiver",
+        description="perceiver (cross- and self-attention) or pool (pooling + linear, the "
+        "research's baseline)",
+    )
     pool: Literal["avg", "max", "avgmax"] = Field(
         "avg",
         description="the pool head's pooling: max finds small objects on busy backgrounds, "
         "avgmax concatenates both",
     )
-    num_classes: int | None = Field(None, ge=2, description="default: the dataset's classes")
-    cross_layers: int = Field(1, ge=0, le=16)
-    self_layers: int = Field(1, ge=0, le=32)
-    share_cross_weights: bool = False
-    num_latents: int = Field(256, ge=1)
-    latent_dim: int = Field(512, ge=8)
-    cross_heads: int = Field(1, ge=1)
-    cross_dim_head: int = Field(64, ge=1)
-    latent_heads: int = Field(8, ge=1)
-    latent_dim_head: int = Field(64, ge=1)
-    num_freq_bands: int = Field(6, ge=0)
-    max_freq: float = Field(10.0, gt=0)
-    ff_mult: int = Field(4, ge=1)
-    attn_dropout: float = Field(0.0, ge=0, lt=1)
-    ff_dropout: float = Field(0.0, ge=0, lt=1)
-    head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
+    num_classes: int | None = Field(
+        None, ge=2, description="classes of the classifier; unset = the dataset's classes"
+    )
+    cross_layers: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="cross-attention layers from the latents to the CNN tokens, each followed "
+        "by self_layers blocks; 0 = self-attention straight on the tokens",
+    )
+    self_layers: int = Field(
+        1, ge=0, le=32, description="self-attention blocks after each cross-attention layer"
+    )
+    share_cross_weights: bool = Field(
+        False,
+        description="the Perceiver's weight sharing: every repeat after the second reuses the "
+        "second's weights",
+    )
+    num_latents: int = Field(256, ge=1, description="latent vectors the cross-attention fills")
+    latent_dim: int = Field(512, ge=8, description="width of each latent vector (channels)")
+    cross_heads: int = Field(1, ge=1, description="attention heads of a cross-attention layer")
+    cross_dim_head: int = Field(64, ge=1, description="channels per cross-attention head")
+    latent_heads: int = Field(8, ge=1, description="attention heads of a self-attention block")
+    latent_dim_head: int = Field(64, ge=1, description="channels per self-attention head")
+    num_freq_bands: int = Field(
+        6,
+        ge=0,
+        description="Fourier frequency bands of the position encoding per axis (T, H, W); "
+        "each axis adds 2 x bands + 1 channels",
+    )
+    max_freq: float = Field(
+        10.0, gt=0, description="highest frequency of the position encoding (bands go up to half)"
+    )
+    ff_mult: int = Field(
+        4, ge=1, description="width of the GEGLU feed-forward, as a multiple of latent_dim"
+    )
+    attn_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the attention weights (0 = off)"
+    )
+    ff_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout inside the feed-forward blocks (0 = off)"
+    )
+    head_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout before the classifier (0 = off)"
+    )
 
     @model_validator(mode="after")
     def _head_layout(self) -> ModelConfig:
@@ -118,28 +185,54 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """Optimisation, schedule and run bookkeeping."""
 
-    out_dir: Path = Path("runs")
-    name: str | None = Field(None, description="run directory name; default derived from config")
-    epochs: int = Field(30, ge=1)
+    out_dir: Path = Field(Path("runs"), description="folder that run directories are made in")
+    name: str | None = Field(
+        None, description="run directory name; unset = the config file's name (or run)"
+    )
+    epochs: int = Field(30, ge=1, description="training epochs (passes over the training set)")
     max_steps: int = Field(0, ge=0, description="stop after this many steps; 0 = no limit")
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    cnn_lr: float | None = Field(None, gt=0, description="learning rate of the CNN; default lr")
-    weight_decay: float = Field(1e-5, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    scheduler: Literal["step", "cosine", "none"] = "step"
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.2, gt=0, le=1)
-    warmup_epochs: float = Field(0.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    mixup_alpha: float = Field(0.0, ge=0)
-    cutmix_alpha: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        "adam", description="adam, adamw or sgd (with Nesterov momentum)"
+    )
+    lr: float = Field(1e-3, gt=0, description="learning rate of the head (and of the CNN)")
+    cnn_lr: float | None = Field(None, gt=0, description="learning rate of the CNN; unset = lr")
+    weight_decay: float = Field(1e-5, ge=0, description="weight decay (0 = off)")
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="momentum of sgd (the other optimisers ignore it)"
+    )
+    scheduler: Literal["step", "cosine", "none"] = Field(
+        "step",
+        description="learning-rate schedule: step (x gamma every step_size epochs), cosine "
+        "(down to 0 over the epochs) or none",
+    )
+    step_size: int = Field(10, ge=1, description="epochs between the step schedule's decays")
+    gamma: float = Field(
+        0.2, gt=0, le=1, description="factor the step schedule multiplies the rate by"
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="epochs of linear warm-up before the schedule (may be a fraction)"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="label smoothing of the cross-entropy loss (0 = off)"
+    )
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup's Beta(alpha, alpha); 0 = off")
+    cutmix_alpha: float = Field(
+        0.0, ge=0, description="cutmix's Beta(alpha, alpha); 0 = off; with mixup, half the batches"
+    )
     grad_clip: float = Field(0.0, ge=0, description="max gradient norm; 0 = off")
-    freeze_cnn_epochs: int = Field(0, ge=0)
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
-    channels_last: bool | None = Field(None, description="channels-last 3D; default on CUDA")
-    compile: bool = False
-    seed: int = 0
+    freeze_cnn_epochs: int = Field(
+        0, ge=0, description="epochs the CNN is frozen at the start (0 = train it from the start)"
+    )
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto",
+        description="mixed precision on CUDA: auto (bf16 where supported, else fp16), off, bf16 "
+        "or fp16; the CPU always runs fp32",
+    )
+    channels_last: bool | None = Field(
+        None, description="channels-last 3D memory layout; unset = on with CUDA, off on the CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the model (slow start, faster steps)")
+    seed: int = Field(0, description="seed of weights, clip sampling, order and augmentation")
     patience: int = Field(0, ge=0, description="early stopping epochs; 0 = off")
     tensorboard: bool = Field(True, description="log to <run>/tensorboard if it is installed")
 
@@ -147,22 +240,36 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """Which videos `hmdbattn eval` scores."""
 
-    subset: Literal["test", "train", "unused"] = "test"
-    batch_size: int = Field(16, ge=1)
+    subset: Literal["test", "train", "unused"] = Field(
+        "test", description="videos of the split that `hmdbattn eval` scores: test, train or unused"
+    )
+    batch_size: int = Field(
+        16, ge=1, description="clips per batch when scoring (validation, eval and predict)"
+    )
 
 
 class DownloadConfig(Section):
     """Where HMDB51 comes from (lists are mirrors, tried in order)."""
 
-    videos_urls: list[str] = [
-        "https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hmdb51_org.rar"
-    ]
-    splits_urls: list[str] = [
-        "https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/test_train_splits.rar"
-    ]
-    videos_md5: str = Field("517d6f1f19f215c45cdd4d25356be1fb", pattern=r"^[0-9a-f]{32}$")
-    splits_md5: str = Field("15e67781e70dcfbdce2d7dbb9b3344b5", pattern=r"^[0-9a-f]{32}$")
-    retries: int = Field(5, ge=0)
+    videos_urls: list[str] = Field(
+        ["https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hmdb51_org.rar"],
+        description="mirrors of hmdb51_org.rar, tried in order",
+    )
+    splits_urls: list[str] = Field(
+        ["https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/test_train_splits.rar"],
+        description="mirrors of test_train_splits.rar, tried in order",
+    )
+    videos_md5: str = Field(
+        "517d6f1f19f215c45cdd4d25356be1fb",
+        pattern=r"^[0-9a-f]{32}$",
+        description="MD5 the videos archive must have (32 hex digits)",
+    )
+    splits_md5: str = Field(
+        "15e67781e70dcfbdce2d7dbb9b3344b5",
+        pattern=r"^[0-9a-f]{32}$",
+        description="MD5 the splits archive must have (32 hex digits)",
+    )
+    retries: int = Field(5, ge=0, description="retries per mirror, with exponential back-off")
     timeout: float = Field(30.0, gt=0, description="seconds without data before a retry")
 
 
@@ -230,72 +337,129 @@ def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict
     return nested
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML config file; a missing, unreadable or malformed file is a ConfigError."""
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """Read a TOML file; a missing, unreadable or malformed one is a ConfigError naming `what`."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
+Overrides = Mapping[str, Any] | Iterable[str]
+
+
 def load_config(
     path: str | Path | None = None,
-    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+    overrides: Overrides | None = None,
     base: Mapping[str, Mapping[str, Any]] | None = None,
+    layers: Mapping[str, Overrides] | None = None,
 ) -> Config:
     """Resolve a configuration from defaults, a TOML file, the environment and overrides.
 
     ``overrides`` is a dict of dotted keys (``{"model.cnn_blocks": 4}``) or a list of
     ``"section.key=value"`` strings. ``base`` (for example the config saved in a checkpoint)
-    sits below the file. Raises ConfigError listing every problem found.
+    sits below the file. ``layers`` are more named overrides, lowest priority first, all above
+    the environment and below ``overrides`` (which is the layer named ``--set``); an error names
+    the layer its value came from. Raises ConfigError listing every problem found.
     """
+    return _resolve(path, overrides, base, layers)[0]
+
+
+def _resolve(
+    path: str | Path | None,
+    overrides: Overrides | None,
+    base: Mapping[str, Mapping[str, Any]] | None = None,
+    layers: Mapping[str, Overrides] | None = None,
+) -> tuple[Config, Sources]:
+    """The config and what each source holds (to say where a value came from)."""
     file_data = {section: dict(values) for section, values in (base or {}).items()}
     if path is not None:
-        for section, values in read_toml(Path(path)).items():
-            if isinstance(values, dict) and isinstance(file_data.get(section), dict):
-                file_data[section].update(values)
-            else:
-                file_data[section] = values
-    set_data = parse_overrides(overrides)
+        _merge_into(file_data, read_toml(Path(path)))
+    named = [(name, parse_overrides(values)) for name, values in (layers or {}).items()]
+    named.append(("--set", parse_overrides(overrides)))
+    sources = Sources(path, file_data, [(name, data) for name, data in reversed(named) if data])
+    set_data: dict[str, Any] = {}
+    for _, data in named:
+        _merge_into(set_data, data)
     try:
-        return Config(**set_data, _file=file_data)  # type: ignore[call-arg]
+        return Config(**set_data, _file=file_data), sources  # type: ignore[call-arg]
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path, set_data, file_data)) from None
+        raise ConfigError(_describe(exc, sources)) from None
+
+
+def _merge_into(target: dict[str, Any], data: Mapping[str, Any]) -> None:
+    """Update `target`'s sections with `data`'s, key by key (a section is not replaced)."""
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(target.get(section), dict):
+            target[section].update(values)
+        else:
+            target[section] = dict(values) if isinstance(values, dict) else values
+
+
+def _has(data: Mapping[str, Any], key: tuple[str, ...]) -> bool:
+    node: Any = data
+    for part in key:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _env_name(key: tuple[str, ...]) -> str:
     return ENV_PREFIX + "__".join(part.upper() for part in key)
 
 
-def _origin(key: tuple[str, ...], path: str | Path | None, set_data: dict, file_data: dict) -> str:
-    """Which source set the value at `key`, for the error message."""
+@dataclass(frozen=True)
+class Sources:
+    """What each source of a resolved config holds, to tell which one set a key."""
 
-    def has(data: dict) -> bool:
-        node: Any = data
-        for part in key:
-            if not isinstance(node, dict) or part not in node:
-                return False
-            node = node[part]
-        return True
+    path: str | Path | None
+    file_data: dict[str, Any]
+    layers: list[tuple[str, dict[str, Any]]]  # (name, nested overrides), highest priority first
 
-    if has(set_data):
-        return "--set"
-    if key and any(name.upper().startswith(_env_name(key)) for name in os.environ):
-        return f"environment {_env_name(key)}"
-    if path is not None and has(file_data):
-        return str(path)
-    return "defaults" if path is None else f"{path} (default value)"
+    def layers_setting(self, key: tuple[str, ...]) -> list[str]:
+        """The override layers holding `key` (or, for a section, any of its keys)."""
+        return [name for name, data in self.layers if _has(data, key)]
+
+    def environment(self, key: tuple[str, ...]) -> str | None:
+        """The environment variable that sets `key` (its section's, for a section), or None."""
+        wanted = _env_name(key)
+        for name in os.environ:
+            name = name.upper()
+            if name == wanted or name.startswith(wanted + "__") or name == _env_name(key[:1]):
+                return name
+        return None
+
+    def source(self, key: tuple[str, ...]) -> str:
+        """Where the value at `key` came from: a layer, the environment, the file or default."""
+        names = self.layers_setting(key)
+        if names:
+            return names[0]
+        variable = self.environment(key)
+        if variable is not None:
+            return f"environment {variable}"
+        if self.path is not None and _has(self.file_data, key):
+            return f"file {self.path}"
+        return "default"
+
+    def origin(self, key: tuple[str, ...]) -> str:
+        """`source` as an error message says it; a section-wide check names every layer."""
+        names = self.layers_setting(key)
+        if len(key) == 1 and names:
+            return " / ".join(names)
+        source = self.source(key)
+        if source == "default":
+            return "defaults" if self.path is None else f"{self.path} (default value)"
+        return source.removeprefix("file ")
 
 
-def _describe(
-    exc: ValidationError, path: str | Path | None, set_data: dict, file_data: dict
-) -> str:
+def _describe(exc: ValidationError, sources: Sources) -> str:
     lines = [f"{exc.error_count()} config error(s):"]
     for err in exc.errors():
         key = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
@@ -303,10 +467,59 @@ def _describe(
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         shown = err["type"] not in ("extra_forbidden", "value_error")
         value = f" (got {err['input']!r})" if shown else ""
-        if len(key) == 1 and err["type"] == "extra_forbidden":
-            message = "unknown section"
-        lines.append(f"  {dotted}: {message}{value} [{_origin(key, path, set_data, file_data)}]")
+        if err["type"] == "extra_forbidden":
+            message = "unknown section" if len(key) == 1 else message + did_you_mean(dotted)
+        lines.append(f"  {dotted}: {message}{value} [{sources.origin(key)}]")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def section_fields() -> dict[str, dict[str, FieldInfo]]:
+    """Config section -> its fields (name -> pydantic FieldInfo, with its description)."""
+    fields = {}
+    for section, info in Config.model_fields.items():
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            fields[section] = dict(model.model_fields)
+    return fields
+
+
+def known_keys() -> dict[str, list[str]]:
+    """Config section -> its keys."""
+    return {section: list(fields) for section, fields in section_fields().items()}
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"cnn_blocks": 8}}`` and ``{"model.cnn_blocks": 8}`` -> dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def did_you_mean(key: str) -> str:
+    """``"; did you mean model.cnn_blocks?"`` for a mistyped ``section.key``, else ``""``."""
+    section, _, name = key.partition(".")
+    close = difflib.get_close_matches(name, known_keys().get(section, []), n=1)
+    return f"; did you mean {section}.{close[0]}?" if close else ""
+
+
+def check_key(key: str) -> str | None:
+    """Why `key` is not a config key (with the closest match), or None when it is."""
+    sections = known_keys()
+    section, _, name = key.partition(".")
+    if section not in sections or not name:
+        names = ", ".join(sections)
+        return f"unknown key {key!r}: expected section.key with a section of {names}"
+    if name not in sections[section]:
+        return f"unknown key {key!r}{did_you_mean(key)}"
+    return None
 
 
 # --------------------------------------------------------------------------- writing
@@ -332,3 +545,81 @@ def dump_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
         out += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
         out.append("")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass(frozen=True)
+class ResolvedKey:
+    """One key of a resolved config: its value (as JSON), where it came from and what it means."""
+
+    section: str
+    name: str
+    value: Any
+    source: str  # "default", "file <path>", "environment <VARIABLE>" or "--set"
+    description: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def resolved_keys(
+    path: str | Path | None = None, overrides: Overrides | None = None
+) -> list[ResolvedKey]:
+    """Every key of the config resolved from `path` and `overrides`, section by section.
+
+    Raises ConfigError (every problem together) when the config is invalid.
+    """
+    config, sources = _resolve(path, overrides)
+    values = config.model_dump(mode="json")
+    return [
+        ResolvedKey(
+            section,
+            name,
+            values[section][name],
+            sources.source((section, name)),
+            info.description or "",
+        )
+        for section, fields in section_fields().items()
+        for name, info in fields.items()
+    ]
+
+
+def section_description(section: str) -> str:
+    """A section's one-line summary (its class's docstring)."""
+    model = Config.model_fields[section].annotation
+    return (getattr(model, "__doc__", None) or "").strip()
+
+
+def keys_text(keys: Iterable[ResolvedKey], width: int = 80) -> str:
+    """``section.key = value  (source)`` lines, each with its description wrapped below."""
+    out: list[str] = []
+    section = None
+    for item in keys:
+        if item.section != section:
+            section = item.section
+            out += [""] if out else []
+            out.append(f"[{section}] {section_description(section)}")
+        value = "(unset)" if item.value is None else _toml_value(item.value)
+        out.append(f"  {item.key} = {value}  ({item.source})")
+        out += textwrap.wrap(
+            item.description,
+            width=max(40, width),
+            initial_indent=" " * 6,
+            subsequent_indent=" " * 6,
+        )
+    return "\n".join(out)
+
+
+def keys_json(keys: Iterable[ResolvedKey]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{section: {key: {"value", "source", "description"}}}`` for ``--json``."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for item in keys:
+        out.setdefault(item.section, {})[item.name] = {
+            "value": item.value,
+            "source": item.source,
+            "description": item.description,
+        }
+    return out

@@ -236,7 +236,7 @@ def test_seeds_are_summarised_as_mean_and_std() -> None:
         "status": "done",
         "params": {"cnn": 31_300_125, "attention": 0},
         "gmacs": 40.519,
-        **ablate._aggregate(done),
+        **ablate.aggregate(done),
     }
     columns, cells = ablate.table_cells([row])
     assert "Status" not in columns
