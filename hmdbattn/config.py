@@ -87,7 +87,7 @@ class DataConfig(Section):
         KINETICS_MEAN, description="per-channel (R, G, B) mean subtracted, pixels in [0, 1]"
     )
     std: tuple[float, float, float] = Field(
-        KINETICS_STD, description="per-channel (R, G, B) standard deviation divided by"
+        KINETICS_STD, description="per-channel (R, G, B) standard deviation pixels are divided by"
     )
     batch_size: int = Field(8, ge=1, description="training clips per batch (per GPU under DDP)")
     num_workers: int = Field(
@@ -603,7 +603,10 @@ def keys_text(keys: Iterable[ResolvedKey], width: int = 80) -> str:
             out += [""] if out else []
             out.append(f"[{section}] {section_description(section)}")
         value = "(unset)" if item.value is None else _toml_value(item.value)
-        out.append(f"  {item.key} = {value}  ({item.source})")
+        line = f"  {item.key} = {value}  ({item.source})"
+        if len(line) > width:  # a long value or file name: the source on a line of its own
+            line = f"  {item.key} = {value}\n      ({item.source})"
+        out.append(line)
         out += textwrap.wrap(
             item.description,
             width=max(40, width),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hmdbattn import load_config
-from hmdbattn.config import Config, parse_value
+from hmdbattn.config import Config, check_key, flatten, parse_value, resolved_keys, section_fields
 from hmdbattn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,3 +141,71 @@ def test_cli_config_error_exits_2_with_no_traceback(tmp_path) -> None:
     )
     assert run.returncode == 2
     assert "model.cnn_blocks" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_every_field_has_a_description() -> None:
+    missing = [
+        f"{section}.{name}"
+        for section, fields in section_fields().items()
+        for name, info in fields.items()
+        if not (info.description or "").strip()
+    ]
+    assert missing == [], f"fields without description=: {missing}"
+    assert sum(len(fields) for fields in section_fields().values()) >= 69
+
+
+def test_unknown_keys_get_a_hint_from_every_source(tmp_path, monkeypatch) -> None:
+    path = write(tmp_path, "[train]\nepoch = 3\n")
+    monkeypatch.setenv("HMDBATTN_DATA__BATCHSIZE", "4")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["model.cnn_block=3"])
+    message = str(info.value)
+    assert "model.cnn_block: unknown key; did you mean model.cnn_blocks? [--set]" in message
+    assert f"train.epoch: unknown key; did you mean train.epochs? [{path}]" in message
+    assert "data.batchsize: unknown key; did you mean data.batch_size? [environment" in message
+    assert (
+        check_key("model.cnn_block")
+        == "unknown key 'model.cnn_block'; did you mean model.cnn_blocks?"
+    )
+    assert check_key("model.cnn_blocks") is None
+    assert "with a section of data, model, train, eval, download" in (check_key("nope.x") or "")
+
+
+def test_override_layers_stack_and_errors_name_their_layer(monkeypatch) -> None:
+    layers = {
+        "variant set": {"model.cnn_blocks": 4, "model.self_layers": 2},
+        "--set": ["model.cnn_blocks=5"],
+    }
+    config = load_config(None, layers=layers)
+    assert (config.model.cnn_blocks, config.model.self_layers) == (5, 2)  # later layers win
+    monkeypatch.setenv("HMDBATTN_MODEL__SELF_LAYERS", "3")  # the environment is below them all
+    assert load_config(None, layers=layers).model.self_layers == 2
+    bad = {
+        "variant set": {"model.cnn_blocks": 9},
+        "seeds": {"train.seed": "x"},
+    }
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.self_layers=0"], layers=bad)
+    message = str(info.value)
+    assert (
+        "model.cnn_blocks: Input should be less than or equal to 8 (got 9) [variant set]" in message
+    )
+    assert "train.seed: Input should be a valid integer" in message and "[seeds]" in message
+    # A check over the whole section names every layer that set one of its keys.
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            None, ["model.self_layers=0"], layers={"variant set": {"model.cross_layers": 0}}
+        )
+    assert "needs cross_layers or self_layers above 0 [--set / variant set]" in str(info.value)
+
+
+def test_resolved_keys_say_where_each_value_came_from(tmp_path, monkeypatch) -> None:
+    path = write(tmp_path, "[model]\nlatent_dim = 64\n")
+    monkeypatch.setenv("HMDBATTN_MODEL__LATENT_DIM_HEAD", "32")  # not latent_dim's variable
+    keys = {k.key: k for k in resolved_keys(path, ["train.lr=0.01"])}
+    assert set(keys) == set(flatten({s: dict.fromkeys(f) for s, f in section_fields().items()}))
+    assert (keys["model.latent_dim"].value, keys["model.latent_dim"].source) == (64, f"file {path}")
+    assert keys["model.latent_dim_head"].source == "environment HMDBATTN_MODEL__LATENT_DIM_HEAD"
+    assert (keys["train.lr"].value, keys["train.lr"].source) == (0.01, "--set")
+    assert (keys["data.resize"].value, keys["data.resize"].source) == ([128, 171], "default")
+    assert keys["train.lr"].description

@@ -39,19 +39,44 @@ def _root(
 
 def _register() -> None:
     # Each module adds its command(s) to `app`; imported here so `--help` lists them all.
-    from hmdbattn.cli import ablate, download, eval, predict, preprocess, train  # noqa: F401
+    from hmdbattn.cli import ablate, config, download, eval, predict, preprocess, train  # noqa: F401
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and a non-zero exit code."""
+    """Console entry point: user errors become one line on stderr and a non-zero exit code.
+
+    So do command-line mistakes (an unknown command or option, a bad value): one line and exit
+    code 2 instead of click's usage text and box.
+    """
     _register()
     try:
-        app()
+        code = app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
+        _error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except _CLICK_EXCEPTION as exc:
+        sys.exit(_usage_error(exc))
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# click's base exception, found from typer's BadParameter: newer typer vendors its own click.
+_CLICK_EXCEPTION: type[Exception] = next(
+    cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"
+)
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _usage_error(exc: Exception) -> int:
+    """Print a click error as one line (with where to find help); its exit code."""
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+        message = exc.format_message()  # type: ignore[attr-defined]
+        hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        _error(" ".join(message.split()) + hint)
+    return int(getattr(exc, "exit_code", 2))
