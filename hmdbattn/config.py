@@ -306,6 +306,9 @@ class Config(BaseSettings):
 
 # --------------------------------------------------------------------------- loading
 
+# Overrides as dotted keys ({"model.cnn_blocks": 4}) or --set strings (["model.cnn_blocks=4"]).
+Overrides = Mapping[str, Any] | Iterable[str]
+
 
 def parse_value(text: str) -> Any:
     """Read a ``--set`` value as TOML (``[1, 2]``, ``true``, ``1e-3``), else as a bare string."""
@@ -315,7 +318,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+def parse_overrides(overrides: Overrides | None) -> dict[str, Any]:
     """Turn ``{"model.cnn_blocks": 4}`` or ``["model.cnn_blocks=4"]`` into a nested dict."""
     if overrides is None:
         return {}
@@ -349,9 +352,6 @@ def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
-Overrides = Mapping[str, Any] | Iterable[str]
 
 
 def load_config(

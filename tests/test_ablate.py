@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from climain import cli
 from conftest import ROOT, tiny_overrides
 
 from hmdbattn import ablate
@@ -57,24 +58,6 @@ set = { model.head = "pool" }
 label = "1 Cross + 1 Self"
 set = { model.head = "perceiver", model.cross_layers = 1, model.self_layers = 1 }
 """
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run `hmdbattn` in this process through its entry point; (exit code, stdout, stderr)."""
-    import hmdbattn.cli.ablate  # noqa: F401  (registers the command)
-    from hmdbattn.cli import main
-
-    argv = sys.argv
-    sys.argv = ["hmdbattn", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def set_args(root: Path, out: Path, **extra: object) -> list[str]:

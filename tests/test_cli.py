@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import typer.main
+from climain import cli
 from conftest import ROOT
 
 from hmdbattn import __version__
@@ -15,23 +15,6 @@ from hmdbattn.cli import _register, app
 from hmdbattn.config import DownloadConfig, ModelConfig, section_fields
 
 CONFIG = "configs/hmdb51.toml"  # relative to ROOT, as a user types it
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run `hmdbattn ARGS` in this process through its entry point: (exit code, stdout, stderr)."""
-    from hmdbattn.cli import main
-
-    argv = sys.argv
-    sys.argv = ["hmdbattn", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def commands() -> dict[str, list[str]]:
