@@ -19,8 +19,10 @@ from torch import nn
 from videofiles import moving_square_frames, write_avi, write_vfr, write_video
 
 from hmdbattn import load_config
-from hmdbattn.data.clips import eval_windows
+from hmdbattn.cli.predict import explain_paths
+from hmdbattn.data.clips import Span, eval_windows, slide
 from hmdbattn.data.synthetic import render_clip, sample_look
+from hmdbattn.data.video import Chunked, InMemory, constant_rate, open_video, target_size
 from hmdbattn.engine.checkpoint import load_checkpoint
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.train import train
@@ -33,19 +35,8 @@ from hmdbattn.explain import (
     strip_size,
 )
 from hmdbattn.models.classifier import build_model
-from hmdbattn.predict import (
-    Chunked,
-    InMemory,
-    Predictor,
-    Span,
-    constant_rate,
-    explain_paths,
-    open_video,
-    plan_windows,
-    segments,
-    slide,
-    target_size,
-)
+from hmdbattn.predict import Predictor, plan_windows
+from hmdbattn.timeline import segments
 
 CPU = torch.device("cpu")
 FPS = 15

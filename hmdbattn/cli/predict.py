@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ import typer
 
 from hmdbattn.cli import app
 from hmdbattn.cli.common import JsonOption
+from hmdbattn.errors import UserError
 from hmdbattn.report import console, err_console, print_json, table
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ def predict(
     video); --window/--stride scan the video and add a timeline. A file that cannot be read is
     reported on stderr and the others are still answered; the exit code is then 1.
     """
-    from hmdbattn.predict import Predictor, check_windows, explain_paths
+    from hmdbattn.predict import Predictor, check_windows
 
     check_windows(window, stride)
     outputs = explain_paths(videos, explain) if explain is not None else None
@@ -88,3 +90,24 @@ def _print_result(result: VideoPrediction, top_k: int, timeline: bool) -> None:
     if result.explanation is not None:
         line = f"explanation: {result.explanation}"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def explain_paths(videos: Sequence[Path], out: Path) -> list[Path]:
+    """Where ``--explain OUT`` puts each video's picture.
+
+    One video and OUT ending in ``.png`` (and not a directory): OUT itself. Otherwise OUT is a
+    directory holding ``<stem>.explain.png`` per video (``<stem>-2.explain.png``... when two
+    videos share a stem).
+    """
+    if out.suffix.lower() == ".png" and not out.is_dir():
+        if len(videos) != 1:
+            raise UserError(f"--explain {out}: give a directory when predicting several videos")
+        return [out]
+    taken: dict[str, int] = {}
+    paths = []
+    for video in videos:
+        stem = Path(video).stem
+        taken[stem] = taken.get(stem, 0) + 1
+        suffix = "" if taken[stem] == 1 else f"-{taken[stem]}"
+        paths.append(out / f"{stem}{suffix}.explain.png")
+    return paths
