@@ -83,7 +83,8 @@ import hmdbattn.cli, hmdbattn.cli.predict, hmdbattn.predict
 from hmdbattn.cli import _register
 _register()
 t2 = time.perf_counter()
-from hmdbattn.predict import Predictor, open_video, plan_windows
+from hmdbattn.data.video import open_video
+from hmdbattn.predict import Predictor, plan_windows
 predictor = Predictor.from_checkpoint(CKPT)
 t3 = time.perf_counter()
 d = predictor.config.data

@@ -2,47 +2,32 @@
 
 Everything comes from the checkpoint: the model, the class names and the preprocessing (resize,
 crop, frames per clip, clip duration, mean/std, evaluation crops), so no dataset or config file
-is needed. The model is loaded once and used for every file.
-
-Geometry. Frames are resized by swscale while decoding. Landscape and square frames go to
-``data.resize`` (height, width), exactly as training resized every HMDB51 video. A portrait
-frame keeps its aspect ratio instead: its width (the short side) becomes ``min(data.resize)``
-and its height follows, so people and objects keep the scale and shape the model was trained
-on rather than being squeezed into a landscape frame; the centre crop (``crop_size``, never
-wider than the short side) then takes the middle of the picture. Portrait means portrait as
-shown once decode.py turns frames upright by their display rotation (`probe` then reports the
-upright size); while decode.py ignores rotation metadata, so does this module.
+is needed. The model is loaded once and used for every file. Reading the videos (geometry,
+whole or chunked decoding, variable frame rates) is `data.video`'s; the timeline of segments
+is `timeline`'s; the explanation pictures are `explain`'s.
 
 Windows. By default a video is cut exactly as ``hmdbattn eval`` cuts it (`clips.eval_windows`):
 ``clip_duration`` windows covering the video, each scored by one clip of ``num_frames`` frames.
 With ``window`` seconds (and ``stride``, default the window) the video is scanned by windows of
-that length every ``stride`` seconds, the last one ending at the end of the video; each window
-is scored by the clips of ``clip_duration`` that cover it, placed as evaluation places them, so
-the model always sees frames at the rate it was trained on. A video or window not longer than
-one clip is a single clip over all of it, frames repeating (the short-video rule of clips.py).
+that length every ``stride`` seconds, the last one ending at the end of the video (`clips.slide`);
+each window is scored by the clips of ``clip_duration`` that cover it, placed as evaluation places
+them (`clips.cover`), so the model always sees frames at the rate it was trained on. A video or
+window not longer than one clip is a single clip over all of it, frames repeating (the short-video
+rule of clips.py).
 
 Probabilities. A clip's are the softmax of its logits (mean over crops with ``eval_crops = 3``);
 a window's the mean of its clips'; the video's the mean of its windows' (with the default
 windows: the mean softmax over clips, as evaluation computes it). Consecutive windows with the
-same top class form a segment of the timeline; a segment's edges lie halfway between the
-centres of neighbouring windows, so the segments tile the video.
+same top class form a segment of the timeline (`timeline.segments`).
 
-Decoding. A video whose frames fit ``memory_budget`` bytes at the target size is decoded once,
-whole, and its windows use the number of frames decoding produced (as the frame cache does).
-A longer video is read chunk by chunk (a run of consecutive clips per decode, from the keyframe
-before it), so memory stays bounded whatever its length; clips past the end of a file that
-stops early are left out, with a warning. Where decode.py reports each frame's timestamp
-(`Decoded.times`), frames are picked by time, so a variable-frame-rate video is seen at a
-constant rate (`constant_rate`); otherwise they are taken as evenly spaced at the stream's
-rate, as training takes them. A file that cannot be decoded raises `DecodeError` from
-`Predictor.predict`; `Predictor.predict_all` turns it into a result with an ``error`` and goes
-on with the next file.
+Errors. A file that cannot be decoded raises `DecodeError` from `Predictor.predict`;
+`Predictor.predict_all` turns it into a result with an ``error`` and goes on with the next
+file; clips past the end of a file that stops early are left out, with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,51 +39,20 @@ import torch
 from torch import nn
 
 from hmdbattn.config import Config, DataConfig, load_config
-from hmdbattn.data.clips import spread, window_frames
-from hmdbattn.data.decode import Decoded, DecodeError, decode_video, probe
+from hmdbattn.data.clips import Span, cover, slide, window_frames
+from hmdbattn.data.decode import DecodeError
 from hmdbattn.data.transforms import VideoTransform
+from hmdbattn.data.video import MEMORY_BUDGET, Chunked, InMemory, open_video
 from hmdbattn.engine.checkpoint import load_checkpoint
 from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import VideoClassifier, model_from_checkpoint
+from hmdbattn.timeline import Segment, segments
 
 DEFAULT_TOP_K = 5
-# Decoded frames held at once: 512 MiB is about 2 minutes at 128x171 and 30 fps.
-MEMORY_BUDGET = 512 * 2**20
-# Frame positions are floats (2 s at 29.97 fps is 59.94 frames): compare them with a tolerance.
-_EPS = 1e-6
 
 
 # ---------------------------------------------------------------------------------------------
-# Geometry and windows (pure functions)
-
-
-def target_size(height: int, width: int, resize: tuple[int, int]) -> tuple[int, int]:
-    """The (height, width) frames of an upright `height` x `width` video are resized to.
-
-    Landscape or square: `resize`, as in training. Portrait: the width becomes ``min(resize)``
-    and the height keeps the video's aspect ratio (see the module docstring).
-    """
-    if height <= width:
-        return (int(resize[0]), int(resize[1]))
-    short = min(resize)
-    return (max(short, round(short * height / width)), short)
-
-
-@dataclass(frozen=True)
-class Span:
-    """A stretch of a video in (fractional) frames: a window, or a clip inside one."""
-
-    start: float
-    length: float
-
-    @property
-    def end(self) -> float:
-        """Where the span ends (exclusive), in frames."""
-        return self.start + self.length
-
-    def indices(self, num_frames: int, video_frames: int) -> list[int]:
-        """The frame indices of a clip of `num_frames` frames over this span (`clips.spread`)."""
-        return spread(self.start, self.length, num_frames, video_frames)
+# Windows
 
 
 @dataclass(frozen=True)
@@ -107,33 +61,6 @@ class Window:
 
     span: Span
     clips: tuple[Span, ...]
-
-
-def cover(span: Span, clip: float, count: int = 0) -> list[Span]:
-    """Clips of `clip` frames over `span`, placed as `clips.eval_windows` places them.
-
-    `count` clips are spaced uniformly, the first starting where `span` starts and the last
-    ending where it ends; ``count = 0`` takes ``ceil(length / clip)`` of them and ``count = 1``
-    the centre one. A span not longer than a clip is one clip: the whole span.
-    """
-    if span.length <= clip:
-        return [span]
-    # The tolerance keeps a span of exactly k clips (up to float error) at k clips.
-    count = count or max(1, math.ceil(span.length / clip - 1e-6))
-    room = span.length - clip
-    offsets = [room / 2] if count == 1 else [room * k / (count - 1) for k in range(count)]
-    return [Span(span.start + offset, clip) for offset in offsets]
-
-
-def slide(whole: Span, length: float, step: float) -> list[Span]:
-    """Windows of `length` frames every `step` frames; the last one ends where `whole` ends."""
-    if whole.length <= length + _EPS:
-        return [whole]
-    count = math.floor((whole.length - length) / step + _EPS) + 1
-    spans = [Span(whole.start + k * step, length) for k in range(count)]
-    if spans[-1].end < whole.end - _EPS:
-        spans.append(Span(whole.end - length, length))
-    return spans
 
 
 def plan_windows(
@@ -164,56 +91,6 @@ def check_windows(window: float | None, stride: float | None) -> None:
             raise UserError(f"{name} must be a positive number of seconds, got {value}")
 
 
-@dataclass
-class Segment:
-    """A stretch of the timeline whose windows share their top class."""
-
-    start: float  # seconds
-    end: float
-    label: str
-    confidence: float  # mean probability of `label` over the segment's windows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "start": self.start,
-            "end": self.end,
-            "label": self.label,
-            "confidence": self.confidence,
-        }
-
-
-def segments(
-    spans: Sequence[tuple[float, float]],
-    probabilities: np.ndarray,
-    classes: Sequence[str],
-    duration: float | None = None,
-) -> list[Segment]:
-    """Merge consecutive windows with the same top class into segments.
-
-    `spans` are the windows' (start, end) seconds in time order and `probabilities` their
-    (N, K) class probabilities. Each window answers for the time from halfway to the previous
-    window's centre to halfway to the next one's; the first from 0, the last up to `duration`
-    (default: the end of the last window).
-    """
-    if len(spans) != len(probabilities):
-        raise ValueError(f"{len(spans)} windows but {len(probabilities)} rows of probabilities")
-    if not spans:
-        return []
-    centres = [(a + b) / 2 for a, b in spans]
-    edges = [0.0, *((x + y) / 2 for x, y in itertools.pairwise(centres))]
-    edges.append(spans[-1][1] if duration is None else duration)
-    top = probabilities.argmax(axis=1)
-    out: list[Segment] = []
-    first = 0
-    for i in range(1, len(spans) + 1):
-        if i == len(spans) or top[i] != top[first]:
-            label = int(top[first])
-            confidence = float(probabilities[first:i, label].mean())
-            out.append(Segment(edges[first], edges[i], classes[label], confidence))
-            first = i
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Results
 
@@ -235,6 +112,18 @@ def ranked(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[tu
 
 def _top_dicts(probabilities: np.ndarray, classes: Sequence[str], k: int) -> list[dict]:
     return [{"label": c, "probability": p} for c, p in ranked(probabilities, classes, k)]
+
+
+def _window_results(plan: list[Window], probs: np.ndarray, fps: float) -> list[WindowResult]:
+    """Each window's mean probabilities over its clips; windows with no clip decoded drop out."""
+    windows, first = [], 0
+    for w in plan:
+        rows = probs[first : first + len(w.clips)]  # (clips of the window, K)
+        rows = rows[~np.isnan(rows[:, 0])]
+        if len(rows):
+            windows.append(WindowResult(w.span.start / fps, w.span.end / fps, rows.mean(axis=0)))
+        first += len(w.clips)
+    return windows
 
 
 @dataclass
@@ -296,164 +185,6 @@ class VideoPrediction:
             "probability": probability,
             "top_k": top,
         }
-
-
-# ---------------------------------------------------------------------------------------------
-# Frames
-
-
-def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Index of the frame whose timestamp (sorted `times`) is nearest each `wanted` time.
-
-    Nearest, not the last one before: timestamps rounded to the time base (1 ms in Matroska,
-    so 29.97 fps frames land up to 0.5 ms late) still find their own frame.
-    """
-    if len(times) == 1:
-        return np.zeros(len(wanted), dtype=np.int64)
-    after = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1)
-    before = after - 1
-    return np.where(wanted - times[before] <= times[after] - wanted, before, after)
-
-
-def constant_rate(times: np.ndarray, fps: float) -> np.ndarray:
-    """The frame nearest each tick of an `fps` clock started at the first frame: (ticks,).
-
-    A video with a variable frame rate becomes the constant-rate one that clip windows,
-    counted in frames, assume: frames repeat across gaps and are skipped where they come
-    faster than `fps`. A constant-rate video maps to itself.
-    """
-    times = np.maximum.accumulate(np.asarray(times, dtype=np.float64))  # damaged: not sorted
-    ticks = max(1, round((times[-1] - times[0]) * fps) + 1)
-    return nearest_frames(times, times[0] + np.arange(ticks) / fps)
-
-
-class InMemory:
-    """A video decoded whole at the target size, seen at a constant frame rate."""
-
-    def __init__(self, decoded: Decoded) -> None:
-        self.frames = decoded.frames  # (N, H, W, 3) uint8
-        self.fps = decoded.fps
-        self.warning = decoded.warning
-        times = decoded.times
-        # Frame of each tick of the constant-rate clock (the identity without timestamps).
-        self.shown = (
-            np.arange(len(self.frames)) if times is None else constant_rate(times, self.fps)
-        )
-        self.video_frames = len(self.shown)
-        self.duration = self.video_frames / self.fps
-
-    def clips(self, spans: Iterable[Span], num_frames: int) -> Iterator[np.ndarray | None]:
-        """The (T, H, W, 3) uint8 frames of each clip, in order (never None)."""
-        for span in spans:
-            yield self.frames[self.shown[span.indices(num_frames, self.video_frames)]]
-
-
-class Chunked:
-    """A long video read a run of clips at a time, each run decoded once.
-
-    Its length and rate are the header's (`probe`): a long video is never decoded whole to
-    count its frames. Frames are taken by time (the frame shown at each clip time). When the
-    file ends before its header says (truncated), the clips past its end are None.
-    """
-
-    def __init__(
-        self, path: Path, size: tuple[int, int], video_frames: int, fps: float, budget: int
-    ) -> None:
-        self.path, self.size = path, size
-        self.video_frames, self.fps = video_frames, fps
-        self.max_frames = max(1, budget // (size[0] * size[1] * 3))
-        self.warning: str | None = None
-        self._ended: float | None = None  # seconds from which nothing decodes, once found
-        self._stop: float | None = None  # start of the first clip past the file's end
-
-    def clips(self, spans: Iterable[Span], num_frames: int) -> Iterator[np.ndarray | None]:
-        """The (T, H, W, 3) uint8 frames of each clip in order (None: past the file's end)."""
-        run: list[list[int]] = []
-        for span in spans:
-            indices = span.indices(num_frames, self.video_frames)
-            low = min([indices[0], *(r[0] for r in run)])
-            high = max([indices[-1], *(r[-1] for r in run)])
-            if run and high - low + 1 > self.max_frames:
-                yield from self._decode(run)
-                run = []
-            run.append(indices)
-        if run:
-            yield from self._decode(run)
-
-    def _decode(self, run: list[list[int]]) -> Iterator[np.ndarray | None]:
-        low, high = min(r[0] for r in run), max(r[-1] for r in run)
-        # Half a frame of margin either side absorbs timestamp jitter at the edges.
-        start, end = max(0.0, (low - 0.5) / self.fps), (high + 0.5) / self.fps
-        decoded = self._window(start, end)
-        if decoded is not None:
-            self.warning = self.warning or decoded.warning
-        times = None if decoded is None else decoded.times
-        for indices in run:
-            wanted = np.asarray(indices, dtype=np.float64) / self.fps  # (T,) seconds
-            if decoded is None or wanted[0] > self._last_time(decoded) + 1 / self.fps:
-                self._truncated(float(wanted[0]))
-                yield None  # the clip starts after the last frame the file has
-                continue
-            if times is None:  # evenly spaced frames from the first one decoded
-                positions = np.rint((wanted - decoded.start) * decoded.fps).astype(np.int64)
-            else:
-                positions = nearest_frames(np.maximum.accumulate(times), wanted)
-            yield decoded.frames[np.clip(positions, 0, len(decoded.frames) - 1)]
-
-    def _truncated(self, seconds: float) -> None:
-        """Note that no frame decodes from `seconds` on (clips are read in time order)."""
-        if self._stop is None:
-            self._stop = seconds
-            announced = self.video_frames / self.fps
-            self.warning = (
-                f"truncated: no frame from {seconds:.1f} s on, of the {announced:.1f} s "
-                "the header announces"
-            )
-
-    @property
-    def duration(self) -> float:
-        """Seconds of video: the header's, or up to where frames stopped (once read)."""
-        announced = self.video_frames / self.fps
-        return announced if self._stop is None else min(announced, self._stop)
-
-    @staticmethod
-    def _last_time(decoded: Decoded) -> float:
-        times = decoded.times
-        if times is not None:
-            return float(times[-1])
-        return decoded.start + (len(decoded.frames) - 1) / decoded.fps
-
-    def _window(self, start: float, end: float) -> Decoded | None:
-        """Frames in [start, end) seconds; None when the file ended before `start`."""
-        if self._ended is not None and start >= self._ended:
-            return None
-        try:
-            return decode_video(self.path, self.size, start, end)
-        except DecodeError:
-            pass
-        try:
-            # Look a little earlier (no further than the memory budget allows) for the last
-            # frames there are: clips that start before them still get an answer.
-            limit = max(end, start + self.max_frames / self.fps)
-            return decode_video(self.path, self.size, max(0.0, start - 1.0), limit)
-        except DecodeError:
-            self._ended = start
-            return None
-
-
-def open_video(
-    path: Path, data: DataConfig, memory_budget: int = MEMORY_BUDGET
-) -> InMemory | Chunked:
-    """Probe `path` and decode it whole, or prepare to read it in chunks when it is long.
-
-    Raises DecodeError when the file cannot be opened or has no decodable frame.
-    """
-    info = probe(path)
-    size = target_size(info.height, info.width, data.resize)
-    estimate = info.frames or round(info.duration * info.fps)
-    if estimate * size[0] * size[1] * 3 <= memory_budget:
-        return InMemory(decode_video(path, size))
-    return Chunked(path, size, estimate, info.fps, memory_budget)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,36 +354,3 @@ class Predictor:
                 f"{out}: cannot write the explanation ({exc.strerror or exc})"
             ) from None
         return out
-
-
-def _window_results(plan: list[Window], probs: np.ndarray, fps: float) -> list[WindowResult]:
-    """Each window's mean probabilities over its clips; windows with no clip decoded drop out."""
-    windows, first = [], 0
-    for w in plan:
-        rows = probs[first : first + len(w.clips)]  # (clips of the window, K)
-        rows = rows[~np.isnan(rows[:, 0])]
-        if len(rows):
-            windows.append(WindowResult(w.span.start / fps, w.span.end / fps, rows.mean(axis=0)))
-        first += len(w.clips)
-    return windows
-
-
-def explain_paths(videos: Sequence[Path], out: Path) -> list[Path]:
-    """Where ``--explain OUT`` puts each video's picture.
-
-    One video and OUT ending in ``.png`` (and not a directory): OUT itself. Otherwise OUT is a
-    directory holding ``<stem>.explain.png`` per video (``<stem>-2.explain.png``... when two
-    videos share a stem).
-    """
-    if out.suffix.lower() == ".png" and not out.is_dir():
-        if len(videos) != 1:
-            raise UserError(f"--explain {out}: give a directory when predicting several videos")
-        return [out]
-    taken: dict[str, int] = {}
-    paths = []
-    for video in videos:
-        stem = Path(video).stem
-        taken[stem] = taken.get(stem, 0) + 1
-        suffix = "" if taken[stem] == 1 else f"-{taken[stem]}"
-        paths.append(out / f"{stem}{suffix}.explain.png")
-    return paths

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hmdbattn.data.clips import eval_windows, num_eval_windows, train_clip_indices
+from hmdbattn.data.clips import Span, cover, eval_windows, num_eval_windows, train_clip_indices
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -78,6 +78,16 @@ def test_eval_fixed_count_and_centre_window():
     assert windows[0][0] <= 2 and windows[-1][-1] >= 297
     (centre,) = eval_windows(300, 30.0, 2.0, 16, 1)
     assert abs((centre[0] + centre[-1]) / 2 - 150) <= 1.5
+
+
+def test_cover_places_clips_inside_any_span():
+    # The formula eval_windows uses over the whole video, over a span that starts later.
+    spans = cover(Span(10.0, 100.0), 30.0)  # ceil(100 / 30) = 4 clips
+    assert [s.start for s in spans] == pytest.approx([10, 10 + 70 / 3, 10 + 140 / 3, 80])
+    assert all(s.length == 30.0 for s in spans) and spans[-1].end == 110.0
+    assert cover(Span(10.0, 100.0), 30.0, 1) == [Span(45.0, 30.0)]  # the centre clip
+    assert cover(Span(10.0, 20.0), 30.0, 3) == [Span(10.0, 20.0)]  # short: the whole span
+    assert cover(Span(0.0, 90.0), 30.0) == [Span(0.0, 30.0), Span(30.0, 30.0), Span(60.0, 30.0)]
 
 
 def test_num_eval_windows_exact_multiple():

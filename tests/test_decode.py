@@ -11,6 +11,7 @@ import pytest
 from videofiles import write_avi, write_vfr
 
 from hmdbattn.data.decode import DecodeError, _fps, decode_video, probe
+from hmdbattn.data.video import decode_window
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,19 @@ def test_window_holds_only_its_frames(
 def test_window_past_the_end(videos: Path) -> None:
     with pytest.raises(DecodeError, match="no decodable frames in window"):
         decode_video(videos / "good.avi", start=5.0, end=6.0)
+
+
+def test_decode_window_retries_one_second_earlier(videos: Path) -> None:
+    # The one fallback of predict's chunks and the datasets' on-the-fly decoding.
+    path, size = videos / "good.avi", (48, 64)
+    full = decode_video(path).frames  # 40 frames at 30 fps: 1.33 s
+    inside = decode_window(path, size, 0.5, 0.8, retry_end=None)
+    np.testing.assert_array_equal(inside.frames, full[15:24])  # no retry: the window itself
+    # No frame in [1.4, 1.5): the retry reads from 0.4 s, to the end or up to `retry_end`.
+    np.testing.assert_array_equal(decode_window(path, size, 1.4, 1.5, None).frames, full[12:])
+    np.testing.assert_array_equal(decode_window(path, size, 1.4, 1.5, 0.6).frames, full[12:18])
+    with pytest.raises(DecodeError, match="no decodable frames in window"):
+        decode_window(path, size, 5.0, 6.0, None)  # nothing in the second before either
 
 
 def test_variable_frame_rate_windows_use_timestamps(videos: Path) -> None:

@@ -19,8 +19,10 @@ from torch import nn
 from videofiles import moving_square_frames, write_avi, write_vfr, write_video
 
 from hmdbattn import load_config
-from hmdbattn.data.clips import eval_windows
+from hmdbattn.cli.predict import explain_paths
+from hmdbattn.data.clips import Span, eval_windows, slide
 from hmdbattn.data.synthetic import render_clip, sample_look
+from hmdbattn.data.video import Chunked, InMemory, constant_rate, open_video, target_size
 from hmdbattn.engine.checkpoint import load_checkpoint
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.train import train
@@ -33,19 +35,8 @@ from hmdbattn.explain import (
     strip_size,
 )
 from hmdbattn.models.classifier import build_model
-from hmdbattn.predict import (
-    Chunked,
-    InMemory,
-    Predictor,
-    Span,
-    constant_rate,
-    explain_paths,
-    open_video,
-    plan_windows,
-    segments,
-    slide,
-    target_size,
-)
+from hmdbattn.predict import Predictor, VideoPrediction, WindowResult, plan_windows
+from hmdbattn.timeline import segments
 
 CPU = torch.device("cpu")
 FPS = 15
@@ -449,6 +440,52 @@ def test_table_output_and_top_k_clamped(
         "--top-k", "10", "--json",
     )  # fmt: skip
     assert len(json.loads(out)["results"][0]["top_k"]) == 4  # 10 asked, 4 classes
+
+
+LONG_NAME = "April_09_brush_hair_u_nm_np1_ba_goo_0_and_a_few_more_words_of_name.avi"
+
+
+def _narrow_lines(out: str, path: Path) -> list[str]:
+    """The lines of `out`, checked to fit 80 columns except a line that is `path` alone."""
+    lines = out.splitlines()
+    assert str(path) in lines, out  # the name whole, on a line of its own
+    assert all(len(line) <= 80 for line in lines if line != str(path)), out
+    return lines
+
+
+def test_table_output_fits_80_columns(monkeypatch, capsys) -> None:
+    from hmdbattn.cli.predict import _print_result
+
+    classes = ["brush_hair", "cartwheel", "climb_stairs", "swing_baseball"]
+    probs = np.array([[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    windows = [WindowResult(0.0, 1.0, probs[0]), WindowResult(0.5, 1.5, probs[1])]
+    path = Path("videos") / LONG_NAME  # 78 columns: with its duration it takes more than 80
+    result = VideoPrediction(path, classes, probs.mean(0), windows, 1.5, 2)
+    result.explanation = Path("out/short.explain.png")
+    monkeypatch.setenv("COLUMNS", "80")
+    _print_result(result, 5, timeline=True)
+    lines = _narrow_lines(capsys.readouterr().out, path)
+    assert lines[1] == "1.5 s, 2 window(s)"  # the duration on the next line
+    assert all(name in "".join(lines) for name in classes)  # class names never cut
+    assert lines[-1] == f"explanation: {result.explanation}"
+    monkeypatch.setenv("COLUMNS", "200")
+    _print_result(result, 5, timeline=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{path} (1.5 s, 2 window(s))"  # wide enough: one heading line
+
+
+@pytest.mark.slow
+def test_predict_at_80_columns(monkeypatch, capsys, checkpoints: dict, tmp_path: Path) -> None:
+    video = write_avi(tmp_path / LONG_NAME, num_frames=30, fps=FPS)
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = _cli(
+        monkeypatch, capsys, video, "--checkpoint", checkpoints["perceiver"],
+        "--window", "1", "--stride", "0.5",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = _narrow_lines(out, video)
+    assert lines[1] == "2.0 s, 3 window(s)" and "probability" in lines[3]
+    assert "timeline" in out
 
 
 # ---------------------------------------------------------------------------------------------

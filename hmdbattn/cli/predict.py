@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.cells import cell_len
 
 from hmdbattn.cli import app
 from hmdbattn.cli.common import JsonOption
+from hmdbattn.errors import UserError
 from hmdbattn.report import console, err_console, print_json, table
 
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ def predict(
     video); --window/--stride scan the video and add a timeline. A file that cannot be read is
     reported on stderr and the others are still answered; the exit code is then 1.
     """
-    from hmdbattn.predict import Predictor, check_windows, explain_paths
+    from hmdbattn.predict import Predictor, check_windows
 
     check_windows(window, stride)
     outputs = explain_paths(videos, explain) if explain is not None else None
@@ -78,13 +81,47 @@ def _report_problems(result: VideoPrediction) -> None:
 
 
 def _print_result(result: VideoPrediction, top_k: int, timeline: bool) -> None:
-    title = f"{result.path} ({result.duration:.1f} s, {len(result.windows)} window(s))"
+    """The top classes (and the timeline) of one file as tables on stdout.
+
+    The file name heads the tables on a line of its own that rich never breaks (a table title
+    is wrapped to the table's width, mid-name); when the name and its duration do not fit the
+    terminal together, the duration goes on the next line.
+    """
+    facts = f"{result.duration:.1f} s, {len(result.windows)} window(s)"
+    heading = f"{result.path} ({facts})"
+    for line in [heading] if cell_len(heading) <= console.width else [str(result.path), facts]:
+        _print_line(line)
     rows = [(rank, label, p) for rank, (label, p) in enumerate(result.top(top_k), start=1)]
-    console.print(table(title, ("#", "class", "probability"), rows))
+    console.print(table(None, ("#", "class", "probability"), rows))
     if timeline:
         segments = [(s.start, s.end, s.label, s.confidence) for s in result.timeline()]
         columns = ("start s", "end s", "class", "confidence")
         console.print(table("timeline", columns, segments))
     if result.explanation is not None:
-        line = f"explanation: {result.explanation}"
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        _print_line(f"explanation: {result.explanation}")
+
+
+def _print_line(line: str) -> None:
+    """`line` on stdout as it is: no markup, no highlighting, never wrapped by rich."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def explain_paths(videos: Sequence[Path], out: Path) -> list[Path]:
+    """Where ``--explain OUT`` puts each video's picture.
+
+    One video and OUT ending in ``.png`` (and not a directory): OUT itself. Otherwise OUT is a
+    directory holding ``<stem>.explain.png`` per video (``<stem>-2.explain.png``... when two
+    videos share a stem).
+    """
+    if out.suffix.lower() == ".png" and not out.is_dir():
+        if len(videos) != 1:
+            raise UserError(f"--explain {out}: give a directory when predicting several videos")
+        return [out]
+    taken: dict[str, int] = {}
+    paths = []
+    for video in videos:
+        stem = Path(video).stem
+        taken[stem] = taken.get(stem, 0) + 1
+        suffix = "" if taken[stem] == 1 else f"-{taken[stem]}"
+        paths.append(out / f"{stem}{suffix}.explain.png")
+    return paths

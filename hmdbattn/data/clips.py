@@ -6,6 +6,10 @@ uniformly inside it: frame ``i`` of the clip is the video frame at the centre of
 fps``) so that the same function serves the cache (frame counts from the manifest) and on-the-fly
 decoding (frame counts from the container).
 
+Placement: `cover` is the one formula that places clips over a stretch of video (a `Span`):
+evaluation covers the whole video with it (`eval_windows`), and prediction covers each of its
+windows (`predict.plan_windows`, windows placed by `slide`).
+
 Short videos: when a video is not longer than one window, the window is the whole video and the
 ``num_frames`` indices are spread uniformly over it, so frames repeat. The rule is the same for
 training and evaluation; evaluation then has a single window per video, whatever
@@ -15,8 +19,12 @@ training and evaluation; evaluation then has a single window per video, whatever
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+# Frame positions are floats (2 s at 29.97 fps is 59.94 frames): compare them with a tolerance.
+_EPS = 1e-6
 
 
 def _check(video_frames: int, fps: float, clip_duration: float, num_frames: int) -> None:
@@ -66,10 +74,59 @@ def train_clip_indices(
     return spread(u * (video_frames - length), length, num_frames, video_frames)
 
 
+def _count(length: float, window: float) -> int:
+    """Windows of `window` frames needed to cover `length` frames: ``ceil``, at least 1."""
+    # The small tolerance keeps a stretch of exactly k windows (up to float error) at k windows.
+    return max(1, math.ceil(length / window - _EPS))
+
+
 def num_eval_windows(video_frames: int, fps: float, clip_duration: float) -> int:
     """Windows needed to cover the whole video: ``ceil(duration / clip_duration)``, at least 1."""
-    # The small tolerance keeps a video of exactly k windows (up to float error) at k windows.
-    return max(1, math.ceil(video_frames / window_frames(fps, clip_duration) - 1e-6))
+    return _count(video_frames, window_frames(fps, clip_duration))
+
+
+@dataclass(frozen=True)
+class Span:
+    """A stretch of a video in (fractional) frames: a window, or a clip inside one."""
+
+    start: float
+    length: float
+
+    @property
+    def end(self) -> float:
+        """Where the span ends (exclusive), in frames."""
+        return self.start + self.length
+
+    def indices(self, num_frames: int, video_frames: int) -> list[int]:
+        """The frame indices of a clip of `num_frames` frames over this span (`spread`)."""
+        return spread(self.start, self.length, num_frames, video_frames)
+
+
+def cover(span: Span, clip: float, count: int = 0) -> list[Span]:
+    """Clips of `clip` frames over `span`, spaced uniformly so that together they cover it.
+
+    `count` clips: the first starts where `span` starts and the last ends where it ends (they
+    overlap when `span` is not a whole number of clips long); ``count = 0`` takes
+    ``ceil(length / clip)`` of them and ``count = 1`` the centre one. A span not longer than a
+    clip is one clip: the whole span (the short-video rule, see the module docstring).
+    """
+    if span.length <= clip:
+        return [span]
+    count = count or _count(span.length, clip)
+    room = span.length - clip
+    offsets = [room / 2] if count == 1 else [room * k / (count - 1) for k in range(count)]
+    return [Span(span.start + offset, clip) for offset in offsets]
+
+
+def slide(whole: Span, length: float, step: float) -> list[Span]:
+    """Windows of `length` frames every `step` frames; the last one ends where `whole` ends."""
+    if whole.length <= length + _EPS:
+        return [whole]
+    count = math.floor((whole.length - length) / step + _EPS) + 1
+    spans = [Span(whole.start + k * step, length) for k in range(count)]
+    if spans[-1].end < whole.end - _EPS:
+        spans.append(Span(whole.end - length, length))
+    return spans
 
 
 def eval_windows(
@@ -81,19 +138,14 @@ def eval_windows(
 ) -> list[list[int]]:
     """Frame indices of every evaluation clip of a video, windows in time order.
 
-    ``clips_per_video`` windows are spaced uniformly so that together they cover the whole video:
-    the first starts at frame 0 and the last ends at the last frame (they overlap when the video
-    is not a whole number of windows long). ``clips_per_video = 0`` means every window:
-    ``ceil(duration / clip_duration)`` of them. ``clips_per_video = 1`` takes the centre window.
-    A video not longer than a window has one window, the whole video (see the module docstring).
+    ``clips_per_video`` windows of `clip_duration` placed by `cover` over the whole video: the
+    first starts at frame 0 and the last ends at the last frame. ``clips_per_video = 0`` means
+    every window: ``ceil(duration / clip_duration)`` of them. ``clips_per_video = 1`` takes the
+    centre window. A video not longer than a window has one window, the whole video (see the
+    module docstring).
     """
     _check(video_frames, fps, clip_duration, num_frames)
     if clips_per_video < 0:
         raise ValueError(f"clips_per_video must be >= 0, got {clips_per_video}")
-    length = window_frames(fps, clip_duration)
-    if video_frames <= length:
-        return [spread(0.0, video_frames, num_frames, video_frames)]
-    count = clips_per_video or num_eval_windows(video_frames, fps, clip_duration)
-    room = video_frames - length
-    starts = [room / 2] if count == 1 else [room * k / (count - 1) for k in range(count)]
-    return [spread(start, length, num_frames, video_frames) for start in starts]
+    windows = cover(Span(0.0, video_frames), window_frames(fps, clip_duration), clips_per_video)
+    return [w.indices(num_frames, video_frames) for w in windows]

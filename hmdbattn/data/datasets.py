@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_in
 from hmdbattn.config import Config, DataConfig
 from hmdbattn.data.cache import MANIFEST_NAME, CachedVideo, Manifest, cache_file, load_manifest
 from hmdbattn.data.clips import eval_windows, train_clip_indices
-from hmdbattn.data.decode import DecodeError, decode_video, probe
+from hmdbattn.data.decode import DecodeError, probe
 from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, scan_dataset
+from hmdbattn.data.video import decode_window, spaced_frames
 from hmdbattn.errors import UserError
 
 Item = tuple[torch.Tensor, int, int]  # frames (T, H, W, 3) uint8, label, video index
@@ -96,16 +97,12 @@ class FrameReader:
         start, end = max(0.0, float(times.min()) - half), float(times.max()) + half
         path = self.videos_dir / video.path
         try:
-            decoded = decode_video(path, size=self.resize, start=start, end=end)
-        except DecodeError:
-            # Headers can announce a frame or two more than decode: widen towards the start.
-            try:
-                decoded = decode_video(path, size=self.resize, start=max(0.0, start - 1.0))
-            except DecodeError as exc:
-                raise RuntimeError(f"{path}: {exc}") from None
-        positions = np.rint((times - decoded.start) * decoded.fps).astype(np.int64)
-        positions = np.clip(positions, 0, len(decoded.frames) - 1)
-        return torch.from_numpy(decoded.frames[positions])  # (T, H, W, 3) uint8
+            # A retry (the window held no frame) reads on to the end of the file.
+            decoded = decode_window(path, self.resize, start, end, retry_end=None)
+        except DecodeError as exc:
+            raise RuntimeError(f"{path}: {exc}") from None
+        frames = decoded.frames[spaced_frames(decoded, times)]
+        return torch.from_numpy(frames)  # (T, H, W, 3) uint8
 
 
 def seeded_generator(*words: int) -> torch.Generator:
