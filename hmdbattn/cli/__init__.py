@@ -39,7 +39,7 @@ def _root(
 
 def _register() -> None:
     # Each module adds its command(s) to `app`; imported here so `--help` lists them all.
-    from hmdbattn.cli import ablate, download, eval, predict, preprocess, train  # noqa: F401
+    from hmdbattn.cli import ablate, download, eval, predict, preprocess, synthesize, train  # noqa: F401
 
 
 def main() -> None:
