@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from hmdbattn.data.verify import VerifyResult
 
 MAX_MISSING_SHOWN = 10  # missing videos listed after a failed verification
+_UNBOUNDED = 100_000  # characters: wider than any table
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # messages stay one line each
@@ -78,9 +79,11 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     return t
 
 
-def fits(t: Table) -> bool:
-    """Whether `t` fits the results console with every cell on one line, nothing cut short."""
-    return console.measure(t).maximum <= console.width
+def natural_width(t: Table) -> int:
+    """The width `t` takes with every cell on one line (its title aside)."""
+    # Measured unbounded: measuring at the console's width would clamp the answer to it.
+    unbounded = console.options.update_width(_UNBOUNDED)
+    return console.measure(t, options=unbounded).maximum
 
 
 def print_blocks(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -96,15 +99,15 @@ def print_blocks(title: str | None, columns: Sequence[str], rows: Iterable[Seque
         if len(cells) == 2:
             _line(f"{cells[0][1]}: {cells[1][1]}")
             continue
-        _line(cells[0][1])
+        _line(cells[0][1], style="bold")
         for name, text in cells[1:]:
             if text:
                 _line(f"  {name}: {text}")
 
 
-def _line(text: str) -> None:
+def _line(text: str, style: str | None = None) -> None:
     # soft_wrap: an overlong path is left to the terminal instead of being cut by rich
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
 def print_table(
@@ -120,7 +123,12 @@ def print_table(
     """
     rows = [list(r) for r in rows]
     t = table(title, columns, rows)
-    if fits(t):
+    width = natural_width(t)
+    if width <= console.width:
+        if title and len(title) > width:
+            # rich would fold a title wider than the table (a path) to the table's width
+            t.title = None
+            _line(title, style="italic")
         console.print(t)
     elif by_column:
         keys = [columns[0], *(row[0] for row in rows)]
