@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from rich.console import Console
 from hmdbattn import report
 from hmdbattn.config import Config
 from hmdbattn.data.preprocess import PreprocessSummary, Problem
-from hmdbattn.data.verify import Expected, verify_dataset
+from hmdbattn.data.verify import Expected, VerifyResult, verify_dataset
 from hmdbattn.engine.evaluate import EvalResult
 from hmdbattn.engine.metrics import compute_metrics
 
@@ -82,11 +83,11 @@ def preprocess_summary() -> PreprocessSummary:
     )
 
 
-def dataset_summary(tmp_path: Path) -> tuple[dict[str, object], object]:
+def dataset_summary(tmp_path: Path) -> tuple[dict[str, Any], VerifyResult]:
     """A download whose verification failed (an empty root), with weights fetched."""
     result = verify_dataset(tmp_path, Expected())
     result.missing = [f"clap/video_{i}.avi" for i in range(12)]
-    summary = {
+    summary: dict[str, Any] = {
         "root": "data/hmdb51",
         "archives": [
             {"name": "test_train_splits.rar", "action": "downloaded", "md5": "15e6" * 8},
@@ -151,7 +152,7 @@ def test_eval_tables_at_80_columns(render: Callable[..., Render], checkpoints: i
 
 def test_download_verification_at_80_columns(render: Callable[..., Render], tmp_path: Path) -> None:
     summary, result = dataset_summary(tmp_path)
-    narrow = render(lambda: report.print_dataset_summary(summary, result))(80)  # type: ignore[arg-type]
+    narrow = render(lambda: report.print_dataset_summary(summary, result))(80)
     assert_readable(
         narrow,
         "Archives",
