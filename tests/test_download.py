@@ -378,3 +378,76 @@ def test_cli_bad_size_is_a_user_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert isinstance(result.exception, UserError) and "'320by240'" in str(result.exception)
+
+
+def _record_generate(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, dict[str, object]]]:
+    """Replace the generator by one that records its arguments; the calls list."""
+    from hmdbattn.data import synthetic
+
+    calls: list[tuple[Path, dict[str, object]]] = []
+
+    def fake_generate(root: Path, **kwargs: object) -> synthetic.SyntheticSummary:
+        calls.append((root, kwargs))
+        return synthetic.SyntheticSummary(root=root, classes=["a", "b"], videos=4)
+
+    monkeypatch.setattr(synthetic, "generate", fake_generate)
+    return calls
+
+
+def test_synthesize_is_download_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _record_generate(monkeypatch)
+    options = ["--root", str(tmp_path), "--class-names", " move_up,blink ,", "--seed", "4"]
+    outputs = []
+    for command in (["synthesize"], ["download", "--synthetic"]):
+        for extra in ([], ["--json"]):
+            result = CliRunner().invoke(app, [*command, *options, *extra])
+            assert result.exit_code == 0, result.output
+            outputs.append(result.stdout)
+    assert outputs[:2] == outputs[2:]  # the same text and the same JSON
+    assert "synthetic dataset: 2 classes, 4 videos" in outputs[0]
+    assert len(calls) == 4 and all(call == calls[0] for call in calls)
+    root, kwargs = calls[0]
+    assert root == tmp_path
+    assert kwargs["classes"] == ["move_up", "blink"] and kwargs["seed"] == 4
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--class-names", "move_up,jump"], "unknown class name(s) jump; known: move_left, "),
+        (["--class-names", "blink,static,blink"], "class name(s) given twice: blink"),
+        (["--class-names", "blink"], "at least 2 class names"),
+        (["--classes", "3", "--class-names", "blink,static"], "--classes and --class-names"),
+        (["--classes", "17"], "classes must be between 2 and 16, got 17"),
+        (["--size", "95x72"], "both even"),
+    ],
+)
+@pytest.mark.parametrize("command", [["synthesize"], ["download", "--synthetic"]])
+def test_synthetic_option_mistakes_are_one_line_user_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    options: list[str],
+    message: str,
+) -> None:
+    calls = _record_generate(monkeypatch)
+    result = CliRunner().invoke(app, [*command, "--root", str(tmp_path), *options])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, UserError)
+    assert message in str(result.exception) and "\n" not in str(result.exception)
+    assert calls == []  # refused before anything was written
+
+
+def test_synthesize_class_names_end_to_end(tmp_path: Path) -> None:
+    """A tiny named-class dataset: recorded in synthetic.json; other names are refused."""
+    args = ["synthesize", "--root", str(tmp_path), "--videos-per-class", "3", "--seconds", "0.5"]
+    args += ["--size", "48x32", "--fps", "10", "--workers", "0"]
+    result = CliRunner().invoke(app, [*args, "--class-names", "zigzag,move_up", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["synthetic"] == {"classes": ["move_up", "zigzag"], "videos": 6}
+    manifest = json.loads((tmp_path / "synthetic.json").read_text())
+    assert manifest["class_names"] == ["move_up", "zigzag"]
+    again = CliRunner().invoke(app, [*args, "--class-names", "zigzag,blink"])
+    assert again.exit_code == 1
+    assert isinstance(again.exception, UserError) and "another root" in str(again.exception)
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["move_up", "zigzag"]

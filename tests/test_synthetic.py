@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hmdbattn.data.synthetic import (
     Look,
     Sprite,
     SyntheticSummary,
+    check_settings,
     frame_count,
     generate,
     render_clip,
@@ -194,6 +196,38 @@ def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert len(scan_dataset(tmp_path).videos) == 12
 
 
+def test_classes_by_name_are_recorded_and_kept(tmp_path: Path) -> None:
+    summary = tiny(tmp_path, 1, classes=["move_up", "blink", "move_down"])
+    assert summary.classes == ["blink", "move_down", "move_up"]
+    assert summary.videos == summary.written == 9
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == summary.classes
+    assert scan_dataset(tmp_path).classes == summary.classes
+    manifest = json.loads((tmp_path / MANIFEST).read_text())
+    assert manifest["class_names"] == summary.classes
+    # The same names in another order are the same dataset; more videos only add to it.
+    again = tiny(tmp_path, 1, classes=["move_down", "move_up", "blink"], videos_per_class=4)
+    assert again.written == 3
+    for other in (["move_up", "blink"], ["move_up", "blink", "zigzag"], 3):
+        with pytest.raises(UserError, match="another root"):
+            tiny(tmp_path, 1, classes=other)
+    assert json.loads((tmp_path / MANIFEST).read_text()) == manifest
+
+
+def test_named_classes_render_as_in_a_first_n_dataset(tmp_path: Path) -> None:
+    """A clip depends on (seed, class, index) only, not on which other classes were chosen."""
+    tiny(tmp_path / "first", 5, classes=2)
+    tiny(tmp_path / "named", 5, classes=["move_right", "static"])
+    first, named = tree_bytes(tmp_path / "first"), tree_bytes(tmp_path / "named")
+    shared = [k for k in named if k.startswith("videos/move_right/")]
+    assert shared and all(named[k] == first[k] for k in shared)
+
+
+def test_a_first_n_root_refuses_names(tmp_path: Path) -> None:
+    tiny(tmp_path, 1)
+    with pytest.raises(UserError, match="another root"):
+        tiny(tmp_path, 1, classes=["move_left", "move_right"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Classes and motion
 
@@ -328,9 +362,20 @@ def test_single_classes_render_something(label: str) -> None:
         {"size": (8, 8)},
         {"fps": 0},
         {"seed": -1},
+        {"classes": ["move_up", "no_such_class"]},
+        {"classes": ["move_up", "move_up"]},
+        {"classes": ["move_up"]},
+        {"classes": "move_up,move_down"},
     ],
 )
 def test_invalid_arguments_raise_value_error(tmp_path: Path, bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         tiny(tmp_path, **{"seed": 0, **bad})
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_unknown_or_repeated_names_are_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown class name\(s\) nope, jump; known: move_left, "):
+        check_settings(["move_up", "nope", "jump"], 3, 1.0, (48, 32), 10, 0)
+    with pytest.raises(ValueError, match=r"given twice: blink$"):
+        check_settings(["blink", "static", "blink"], 3, 1.0, (48, 32), 10, 0)

@@ -39,7 +39,16 @@ def _root(
 
 def _register() -> None:
     # Each module adds its command(s) to `app`; imported here so `--help` lists them all.
-    from hmdbattn.cli import ablate, config, download, eval, predict, preprocess, train  # noqa: F401
+    from hmdbattn.cli import (  # noqa: F401
+        ablate,
+        config,
+        download,
+        eval,
+        predict,
+        preprocess,
+        synthesize,
+        train,
+    )
 
 
 def main() -> None:

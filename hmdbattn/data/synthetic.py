@@ -6,10 +6,11 @@ per-frame noise. Only the motion carries the label, and most classes come in *ti
 reverse class's clips are the forward class's clips played backwards, so a model that ignores
 frame order cannot tell the two apart.
 
-Classes, in the order ``classes=N`` takes them: the first 12 are 6 complete time pairs, easiest
-first. In a quick check a 4-layer 3D CNN on 8 frames of 32 x 32 (80-100 clips per class, CPU,
-15 epochs) told the first 10 apart at about 90-100% per class, but rotate_cw from rotate_ccw
-only at chance even when trained on them alone: the sense of rotation is the hardest cue here.
+Classes, in the order ``classes=N`` takes them (``classes=[names]`` picks any of them instead):
+the first 12 are 6 complete time pairs, easiest first. In a quick check a 4-layer 3D CNN on 8
+frames of 32 x 32 (80-100 clips per class, CPU, 15 epochs) told the first 10 apart at about
+90-100% per class, but rotate_cw from rotate_ccw only at chance even when trained on them alone:
+the sense of rotation is the hardest cue here.
 
 =============  ===========  ==================================================
 class          reverse of   what happens
@@ -35,7 +36,8 @@ static         -            the object only drifts a little
 Every clip also drifts and spins a little at random, so position or angle alone give nothing
 away. A clip is a pure function of ``(seed, class, index)``: reruns are byte-identical and an
 interrupted run resumes where it stopped. ``<root>/synthetic.json`` records the settings that
-shape the clips, so a rerun with other settings cannot silently mix two datasets.
+shape the clips (and the class names, when chosen by name), so a rerun with other settings
+cannot silently mix two datasets.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -75,6 +77,7 @@ CLASSES: tuple[str, ...] = (
     "move_up", "move_down", "rotate_cw", "rotate_ccw", *SINGLES,
 )  # fmt: skip
 MAX_CLASSES = len(CLASSES)
+DEFAULT_CLASSES = 8
 MIN_VIDEOS_PER_CLASS = 3  # 1 test + 2 train at the least
 SHAPES: tuple[str, ...] = ("square", "disc", "triangle", "ring", "diamond", "cross")
 MANIFEST = "synthetic.json"
@@ -139,7 +142,7 @@ class Track:
 def generate(
     root: Path,
     *,
-    classes: int = 8,
+    classes: int | Sequence[str] = DEFAULT_CLASSES,
     videos_per_class: int = 100,
     seconds: float = 2.0,
     size: tuple[int, int] = (320, 240),
@@ -150,15 +153,21 @@ def generate(
 ) -> SyntheticSummary:
     """Write a synthetic HMDB51 under `root` (``videos/<class>/*.avi``, ``splits/*.txt``).
 
-    `size` is (width, height). Clip lengths vary by +-25% around `seconds` but never fall under
-    one second (or under `seconds`, if that is shorter). Videos that already exist are kept, so
-    rerunning after an interruption only writes what is missing. `workers` > 1 renders in that
-    many processes; the files are the same either way, since a clip depends on nothing else.
+    `classes` is a number N (the first N of `CLASSES`) or a list of class names, e.g. a set
+    disjoint from another dataset's. `size` is (width, height). Clip lengths vary by +-25%
+    around `seconds` but never fall under one second (or under `seconds`, if that is shorter).
+    Videos that already exist are kept, so rerunning after an interruption only writes what is
+    missing. `workers` > 1 renders in that many processes; the files are the same either way,
+    since a clip depends on nothing else.
     """
-    _check_args(classes, videos_per_class, seconds, size, fps, seed)
+    check_settings(classes, videos_per_class, seconds, size, fps, seed)
     root = Path(root)
-    labels = list(CLASSES[:classes])
-    _claim_root(root, {"seconds": seconds, "size": list(size), "fps": fps, "seed": seed})
+    labels = list(CLASSES[:classes]) if isinstance(classes, int) else list(classes)
+    settings: dict[str, object] = {"seconds": seconds, "size": list(size), "fps": fps, "seed": seed}
+    if not isinstance(classes, int):
+        # Chosen by name: a rerun must choose the same ones (a first-N set may grow instead).
+        settings["class_names"] = class_order(labels)
+    _claim_root(root, settings)
     names = {lab: [video_name(lab, seed, i) for i in range(videos_per_class)] for lab in labels}
     todo = [
         _Job(root / "videos" / label / name, label, seed, index, seconds, size, fps)
@@ -166,7 +175,7 @@ def generate(
         for index, name in enumerate(names[label])
         if not (root / "videos" / label / name).is_file()
     ]
-    total = classes * videos_per_class
+    total = len(labels) * videos_per_class
     with _progress_bar(show_progress, total, done=total - len(todo)) as advance:
         for _ in _run_jobs(todo, workers):
             advance()
@@ -216,16 +225,20 @@ def _run_jobs(jobs: list[_Job], workers: int) -> Iterator[None]:
                 future.cancel()
 
 
-def _check_args(
-    classes: int,
+def check_settings(
+    classes: int | Sequence[str],
     videos_per_class: int,
     seconds: float,
     size: tuple[int, int],
     fps: int,
     seed: int,
 ) -> None:
-    if not 2 <= classes <= MAX_CLASSES:
-        raise ValueError(f"classes must be between 2 and {MAX_CLASSES}, got {classes}")
+    """Raise ValueError, naming the argument and its value, for settings `generate` refuses."""
+    if isinstance(classes, int):
+        if not 2 <= classes <= MAX_CLASSES:
+            raise ValueError(f"classes must be between 2 and {MAX_CLASSES}, got {classes}")
+    else:
+        _check_names(classes)
     if videos_per_class < MIN_VIDEOS_PER_CLASS:
         raise ValueError(
             f"videos_per_class must be at least {MIN_VIDEOS_PER_CLASS} (1 test and 2 train "
@@ -240,6 +253,20 @@ def _check_args(
         raise ValueError(f"fps must be between 1 and 120, got {fps}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+
+
+def _check_names(names: Sequence[str]) -> None:
+    """At least two of the generator's class names, none twice."""
+    if isinstance(names, str):
+        raise ValueError(f"class names must be a list of names, got the string {names!r}")
+    unknown = [name for name in names if name not in CLASSES]
+    if unknown:
+        raise ValueError(f"unknown class name(s) {', '.join(unknown)}; known: {', '.join(CLASSES)}")
+    twice = sorted({name for name in names if list(names).count(name) > 1})
+    if twice:
+        raise ValueError(f"class name(s) given twice: {', '.join(twice)}")
+    if len(names) < 2:
+        raise ValueError(f"at least 2 class names are needed, got {len(names)}")
 
 
 def _claim_root(root: Path, settings: dict[str, object]) -> None:

@@ -12,8 +12,6 @@ from typing import Any
 
 from hmdbattn.data.hmdb51 import SPLIT_FILE, SPLITS, SUBSET_IDS, parse_split_file
 
-MAX_MISSING_SHOWN = 10
-
 
 @dataclass(frozen=True)
 class Expected:

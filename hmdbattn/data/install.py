@@ -1,0 +1,74 @@
+"""Put HMDB51 on disk: fetch the archives, extract them, verify the result.
+
+An extraction that finished earlier is skipped (its marker says so), so a file lost since then
+would go unnoticed: when verification fails after a skipped extraction, extraction runs once
+more with ``force`` (complete files are kept) and the dataset is verified again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hmdbattn.config import DownloadConfig
+from hmdbattn.data.archive import ExtractResult, extract_splits, extract_videos
+from hmdbattn.data.download import SPLITS_ARCHIVE, VIDEOS_ARCHIVE, FetchResult, fetch_archives
+from hmdbattn.data.verify import HMDB51_EXPECTED, Expected, VerifyResult, verify_dataset
+
+
+@dataclass
+class Installed:
+    """What `install_hmdb51` did: archives fetched, extractions, and the final verification."""
+
+    root: Path
+    fetched: list[FetchResult]
+    extracted: list[ExtractResult]
+    verification: VerifyResult
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON summary `hmdbattn download --json` prints."""
+        return {
+            "root": str(self.root),
+            "archives": [asdict(f) | {"path": str(f.path)} for f in self.fetched],
+            "extracted": [
+                {
+                    "archive": e.archive.name,
+                    "written": e.written,
+                    "kept": e.kept,
+                    "skipped": e.skipped,
+                }
+                for e in self.extracted
+            ],
+            "verification": self.verification.to_dict(),
+        }
+
+
+def install_hmdb51(
+    cfg: DownloadConfig,
+    root: Path,
+    *,
+    from_dir: Path | None = None,
+    expected: Expected = HMDB51_EXPECTED,
+) -> Installed:
+    """Fetch (or take from `from_dir`), extract and verify HMDB51 under `root`.
+
+    Archives go to ``<root>/archives``. The result may fail verification; the caller decides
+    what to say about it.
+    """
+    fetched = fetch_archives(cfg, root / "archives", from_dir=from_dir)
+    archives = {f.name: f.path for f in fetched}
+
+    def extract(force: bool) -> list[ExtractResult]:
+        return [
+            extract_splits(archives[SPLITS_ARCHIVE], root, force=force),
+            extract_videos(archives[VIDEOS_ARCHIVE], root, force=force),
+        ]
+
+    extracted = extract(force=False)
+    result = verify_dataset(root, expected)
+    if not result.ok and any(e.skipped for e in extracted):
+        # Extracted earlier, but files went missing since: extract again (complete files stay).
+        extracted = extract(force=True)
+        result = verify_dataset(root, expected)
+    return Installed(root, fetched, extracted, result)
