@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,6 @@ from common import (
     loader_cpu_cost,
     parse_list,
     parse_sets,
-    pick_device,
     random_batch,
     research_data_config,
 )
@@ -48,6 +48,8 @@ from loader import all_videos
 
 from hmdbattn.data.datasets import EvalClips
 from hmdbattn.data.transforms import VideoTransform
+from hmdbattn.engine.distributed import pick_device
+from hmdbattn.engine.evaluate import score_batch
 from hmdbattn.models.classifier import build_model
 
 CROPS = (1, 3)
@@ -82,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Scorer:
-    """One head's model in eval mode, scoring uint8 window batches like ``score_clips``."""
+    """One head's model in eval mode, scoring uint8 window batches with ``score_batch``."""
 
     def __init__(self, head: str, size: Size, device: torch.device, args: argparse.Namespace):
         torch.manual_seed(0)
@@ -97,11 +99,10 @@ class Scorer:
             for n in CROPS
         }
 
-    @torch.no_grad()
     def score(self, frames: torch.Tensor, precision: str, crops: int) -> torch.Tensor:
-        x = self.transforms[crops](frames).contiguous(memory_format=self.memory)
-        with amp(self.device, precision):
-            return self.model(x).float().cpu()  # (B * crops, K); .cpu() syncs, as in eval
+        """The package's `score_batch` (as `score_clips` runs it) at `precision`, `crops`."""
+        autocast = partial(amp, self.device, precision)
+        return score_batch(self.model, self.transforms[crops], frames, autocast, self.memory)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,6 @@ from common import (
     Timings,
     Trainee,
     Variant,
-    amp,
     bf16_peak_flops,
     device_text,
     ensure_dataset,
@@ -66,17 +65,19 @@ from common import (
     parse_sets,
     peak_step_memory,
     percent,
-    pick_device,
     random_batch,
     research_data_config,
     shared_cpu_note,
+    step_parts,
     sync,
     train_clips,
 )
 
-from hmdbattn.config import Config
 from hmdbattn.data.datasets import make_loader
 from hmdbattn.data.transforms import VideoTransform
+from hmdbattn.engine.distributed import pick_device
+from hmdbattn.engine.optim import build_optimizer
+from hmdbattn.engine.train import StepParts, train_step
 
 TARGET_STEP = 1.08  # hmdb51 head's step over the pool head's, CPU, 8 blocks 16x112x112
 TARGET_LOADER_MS = 2.0  # CPU ms per training clip: read + decode cache + train transform
@@ -319,8 +320,9 @@ def head_parts(matrix: Matrix, v: Variant, rounds: int) -> dict[str, Any]:
         module = copy.deepcopy(model.head)
         c = model.backbone.out_channels
         features = torch.randn(matrix.size.batch, c, *grid, device=matrix.device)
-        optimizer = build_optimizer_for(module, matrix.configs[head])
-        steps[head] = partial(head_step, module, optimizer, features, matrix.labels, v.precision)
+        optimizer = build_optimizer(module, matrix.configs[head].train)
+        parts = step_parts(module, module, optimizer, matrix.configs[head], v.precision)
+        steps[head] = partial(head_step, parts, features, matrix.labels)
     times = interleaved(steps, rounds, warmup=1, device=matrix.device)
     clock = times.clock
     per_clock = getattr(times, clock)
@@ -346,30 +348,10 @@ def head_parts(matrix: Matrix, v: Variant, rounds: int) -> dict[str, Any]:
     }
 
 
-def build_optimizer_for(head: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """Adam over the head's parameters, with the trainer's groups (no decay on 1-D ones)."""
-    train = config.train
-    decay = [p for p in head.parameters() if p.ndim > 1]
-    plain = [p for p in head.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": plain}]
-    return torch.optim.Adam([g for g in groups if g["params"]], lr=train.lr)
-
-
-def head_step(
-    head: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    precision: str,
-) -> None:
+def head_step(parts: StepParts, features: torch.Tensor, labels: torch.Tensor) -> None:
     """A training step of a head alone, the gradient going down to the feature map."""
     x = features.detach().requires_grad_()  # as the CNN's output: backward reaches it
-    with amp(features.device, precision):
-        logits = head(x)
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    train_step(parts, x, labels)
 
 
 def target_figures(matrix: Matrix, v: Variant) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import torch
 from conftest import set_args, tiny_overrides
 
 from hmdbattn import load_config
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.config import TrainConfig
-from hmdbattn.engine.checkpoint import load_checkpoint
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.optim import lr_factor, mix_batch
 from hmdbattn.engine.train import train

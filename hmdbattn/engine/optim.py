@@ -11,13 +11,20 @@ from hmdbattn.config import TrainConfig
 from hmdbattn.models.classifier import VideoClassifier
 
 
-def build_optimizer(model: VideoClassifier, c: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD with two groups: the CNN (``cnn_lr``, default ``lr``) and the head.
 
-    Weight decay skips biases and normalisation weights (1-D parameters), as usual.
+    Any other module than a VideoClassifier (a head alone, as the benchmarks time it) is one
+    group, "head", at ``lr``. Weight decay skips biases and normalisation weights (1-D
+    parameters), as usual.
     """
+    parts = (
+        [("cnn", model.backbone, c.cnn_lr or c.lr), ("head", model.head, c.lr)]
+        if isinstance(model, VideoClassifier)
+        else [("head", model, c.lr)]
+    )
     groups = []
-    for name, module, lr in (("cnn", model.backbone, c.cnn_lr or c.lr), ("head", model.head, c.lr)):
+    for name, module, lr in parts:
         params = [p for p in module.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         plain = [p for p in params if p.ndim <= 1]
