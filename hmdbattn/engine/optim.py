@@ -77,11 +77,16 @@ def cnn_frozen(epoch: int, c: TrainConfig) -> bool:
 
 
 def mix_batch(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, c: TrainConfig, generator: torch.Generator
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    c: TrainConfig,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or cutmix (half the batches each when both are on) with soft one-hot targets.
 
     `x` is (B, C, T, H, W); cutmix pastes the same box of a partner clip into every frame.
+    The draws come from `generator` (torch's global one when None).
     """
     targets = nn.functional.one_hot(y, num_classes).float()  # (B, K)
     alphas = [a for a in (c.mixup_alpha, c.cutmix_alpha) if a > 0]
