@@ -84,6 +84,26 @@ class Size:
         return f"{self.blocks} blocks, {self.frames}x{self.crop}x{self.crop}, batch {self.batch}"
 
 
+def bench_size(args: Any, device: torch.device, cuda_batch: int) -> tuple[Size, int, int]:
+    """The size, timed rounds and warm-up steps from a script's options, else by device.
+
+    The presets: on the CPU (or with ``--cpu-size``) 8 blocks, 8x56x56, batch 2, 3 rounds
+    after 1 warm-up step; on CUDA 8 blocks, 16x112x112, batch `cuda_batch`, 20 rounds after 3.
+    """
+    cuda = device.type == "cuda"
+    small = args.cpu_size if args.cpu_size is not None else not cuda
+    preset = Size(8, 8, 56, 2) if small else Size(8, 16, 112, cuda_batch if cuda else 2)
+    size = Size(
+        args.blocks or preset.blocks,
+        args.frames or preset.frames,
+        args.crop or preset.crop,
+        args.batch or preset.batch,
+    )
+    rounds = args.steps if args.steps is not None else (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    return size, rounds, warmup
+
+
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:
     """``["model.latent_dim=32"]`` -> ``{"model.latent_dim": 32}``, by the package's parser."""
     try:

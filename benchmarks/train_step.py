@@ -3,7 +3,8 @@
 Heads: ``pool`` (the research's baseline), ``hmdb51`` (configs/hmdb51.toml: 8 blocks + 1 cross
 + 1 self) and ``largest`` (8 blocks + 1 cross + 6 self). Variants: ``fp32`` or ``bf16``
 autocast, ``-cl`` for channels-last 3D, ``-compile`` for torch.compile. A step is the trainer's:
-transform on the device, forward, cross-entropy, backward, Adam. Weights are random (the cost
+transform on the device, then ``engine.train.train_step`` (forward, cross-entropy, backward,
+Adam), the function ``hmdbattn train`` runs. Weights are random (the cost
 does not depend on them) and batches are random uint8 clips already on the device.
 
     python benchmarks/train_step.py                 # CPU: a small matrix + the 1.08x target
@@ -51,6 +52,7 @@ from common import (
     Timings,
     Trainee,
     Variant,
+    bench_size,
     bf16_peak_flops,
     device_text,
     ensure_dataset,
@@ -73,7 +75,8 @@ from common import (
     train_clips,
 )
 
-from hmdbattn.data.datasets import make_loader
+from hmdbattn.config import Config
+from hmdbattn.data.datasets import TrainClips, make_loader
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import pick_device
 from hmdbattn.engine.optim import build_optimizer
@@ -137,22 +140,6 @@ def parse_size(text: str, batch: int) -> Size:
     except ValueError:
         raise SystemExit(f"--target-size {text!r}: expected BLOCKSxFRAMESxCROP") from None
     return Size(blocks, frames, crop, batch)
-
-
-def matrix_size(args: argparse.Namespace, device: torch.device) -> tuple[Size, int, int]:
-    """The matrix's size, timed rounds and warm-up steps: the preset, then explicit options."""
-    cuda = device.type == "cuda"
-    small = args.cpu_size if args.cpu_size is not None else not cuda
-    preset = Size(8, 8, 56, 2) if small else Size(8, 16, 112, 32 if cuda else 2)
-    size = Size(
-        args.blocks or preset.blocks,
-        args.frames or preset.frames,
-        args.crop or preset.crop,
-        args.batch or preset.batch,
-    )
-    steps = args.steps if args.steps is not None else (20 if cuda else 3)
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    return size, steps, warmup
 
 
 def default_variants(device: torch.device, compile_: bool) -> list[Variant]:
@@ -443,29 +430,8 @@ def run_loop(
     config = head_config(args.loop_head, size, sets | {f"data.{k}": x for k, x in data.items()})
     trainee = Trainee(config, device, v.channels_last, v.compile)
     dataset = train_clips(config, HMDB51_TRAIN_CLIPS)
-    loader = make_loader(dataset, config, train=True)
     warmup = max(args.warmup if args.warmup is not None else 3, 2 * workers // size.batch + 1)
-    it, epoch = iter(loader), 0
-    wait, start = 0.0, 0.0
-    for number in range(warmup + args.loop_steps):
-        if number == warmup:
-            sync(device)
-            wait, start = 0.0, time.perf_counter()
-        t = time.perf_counter()
-        try:
-            frames, labels, _ = next(it)
-        except StopIteration:  # a new epoch, as the trainer would start one
-            epoch += 1
-            dataset.set_epoch(epoch)
-            it = iter(loader)
-            frames, labels, _ = next(it)
-        wait += time.perf_counter() - t
-        frames = frames.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        trainee.step(frames, labels, v.precision)
-    sync(device)
-    total = time.perf_counter() - start
-    del it, loader
+    wait, total = time_loop(trainee, dataset, config, v.precision, warmup, args.loop_steps)
     share = wait / total
     steps = args.loop_steps
     clips_s = steps * size.batch / total
@@ -494,12 +460,42 @@ def run_loop(
     }
 
 
+def time_loop(
+    trainee: Trainee, dataset: TrainClips, config: Config, precision: str, warmup: int, steps: int
+) -> tuple[float, float]:
+    """Seconds blocked in ``next(loader)`` and in all, over `steps` steps after `warmup`."""
+    device = trainee.device
+    loader = make_loader(dataset, config, train=True)
+    it, epoch = iter(loader), 0
+    wait, start = 0.0, 0.0
+    for number in range(warmup + steps):
+        if number == warmup:
+            sync(device)
+            wait, start = 0.0, time.perf_counter()
+        t = time.perf_counter()
+        try:
+            frames, labels, _ = next(it)
+        except StopIteration:  # a new epoch, as the trainer would start one
+            epoch += 1
+            dataset.set_epoch(epoch)
+            it = iter(loader)
+            frames, labels, _ = next(it)
+        wait += time.perf_counter() - t
+        frames = frames.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        trainee.step(frames, labels, precision)
+    sync(device)
+    total = time.perf_counter() - start
+    del it, loader  # persistent workers exit with them
+    return wait, total
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size, rounds, warmup = matrix_size(args, device)
+    size, rounds, warmup = bench_size(args, device, cuda_batch=32)
     heads = parse_list(args.heads, HEADS, "--heads")
     compile_ = args.compile if args.compile is not None else device.type == "cuda"
     variants = (
