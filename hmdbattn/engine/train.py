@@ -38,7 +38,8 @@ from hmdbattn.report import err_console, print_excluded, progress
 
 CHECK_EVERY = 20  # steps between non-finite loss checks (each check syncs the device)
 
-# (model output, targets) -> scalar loss: a training objective other than classification.
+# (model output, targets) -> scalar loss: a training objective other than classification, e.g.
+# a self-supervised one. A model that computes its own loss returns it: `lambda loss, _: loss`.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -245,7 +246,8 @@ def train_epoch(
 def _step_text(trainer: Trainer, totals: torch.Tensor) -> str:
     s = trainer.state
     loss, acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
-    return f"epoch {s.epoch + 1}/{trainer.config.train.epochs}  loss {loss:.3f}  acc {acc:.3f}"
+    text = f"epoch {s.epoch + 1}/{trainer.config.train.epochs}  loss {loss:.3f}"
+    return text + (f"  acc {acc:.3f}" if trainer.loss is None else "")
 
 
 def check_finite(loss_sum: torch.Tensor, trainer: Trainer) -> None:
