@@ -16,6 +16,7 @@ exist before the step: ``peak = params + optimiser state + peak growth during a 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import math
@@ -82,6 +83,22 @@ class Size:
 
     def text(self) -> str:
         return f"{self.blocks} blocks, {self.frames}x{self.crop}x{self.crop}, batch {self.batch}"
+
+
+def add_size_options(p: argparse.ArgumentParser, cpu_size: str, batch: str, warmup: str) -> None:
+    """The options `bench_size` reads, and --device, --heads, --set, --threads; `cpu_size`,
+    `batch` and `warmup` are the script's own help texts."""
+    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if there is one)")
+    p.add_argument("--cpu-size", action=argparse.BooleanOptionalAction, help=cpu_size)
+    p.add_argument("--blocks", type=int, help="CNN blocks (default 8)")
+    p.add_argument("--frames", type=int, help="frames per clip (default 16; CPU size 8)")
+    p.add_argument("--crop", type=int, help="crop size (default 112; CPU size 56)")
+    p.add_argument("--batch", type=int, help=batch)
+    p.add_argument("--steps", type=int, help="timed rounds (default 20 on CUDA, else 3)")
+    p.add_argument("--warmup", type=int, help=warmup)
+    p.add_argument("--heads", default="pool,hmdb51,largest", help="of: " + ",".join(HEADS))
+    p.add_argument("--set", action="append", default=[], help="config override, KEY=VALUE")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
 
 
 def bench_size(args: Any, device: torch.device, cuda_batch: int) -> tuple[Size, int, int]:

@@ -33,6 +33,7 @@ from common import (
     NUM_CLASSES,
     Size,
     Timings,
+    add_size_options,
     amp,
     bench_size,
     device_text,
@@ -59,24 +60,15 @@ CROPS = (1, 3)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if there is one)")
-    p.add_argument(
-        "--cpu-size",
-        action=argparse.BooleanOptionalAction,
-        help="8 blocks, 8x56x56, 2 windows a batch, 3 rounds (default on the CPU)",
+    add_size_options(
+        p,
+        cpu_size="8 blocks, 8x56x56, 2 windows a batch, 3 rounds (default on the CPU)",
+        batch="windows a batch (default 16 on CUDA, else 2)",
+        warmup="untimed batches per row (CUDA 3, else 1)",
     )
-    p.add_argument("--blocks", type=int, help="CNN blocks (default 8)")
-    p.add_argument("--frames", type=int, help="frames per clip (default 16; CPU size 8)")
-    p.add_argument("--crop", type=int, help="crop size (default 112; CPU size 56)")
-    p.add_argument("--batch", type=int, help="windows a batch (default 16 on CUDA, else 2)")
-    p.add_argument("--steps", type=int, help="timed rounds (default 20 on CUDA, else 3)")
-    p.add_argument("--warmup", type=int, help="untimed batches per row (CUDA 3, else 1)")
-    p.add_argument("--heads", default="pool,hmdb51,largest", help="of: " + ",".join(HEADS))
     p.add_argument("--precisions", default="fp32,bf16", help="of: fp32,bf16")
     p.add_argument("--channels-last", action="store_true", help="channels-last 3D model/input")
     p.add_argument("--clips-per-video", type=int, default=5, help="windows a video, videos/s")
-    p.add_argument("--set", action="append", default=[], help="config override, KEY=VALUE")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument("--loader", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--root", type=Path, help="dataset with a cache to use (else made, temp)")
     p.add_argument("--videos", type=int, default=24, help="videos to make without --root")

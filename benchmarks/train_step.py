@@ -52,6 +52,7 @@ from common import (
     Timings,
     Trainee,
     Variant,
+    add_size_options,
     bench_size,
     bf16_peak_flops,
     device_text,
@@ -90,27 +91,18 @@ HEAD_ROUNDS = 10  # rounds of the heads alone (a fraction of a step each)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if there is one)")
-    p.add_argument(
-        "--cpu-size",
-        action=argparse.BooleanOptionalAction,
-        help="small matrix: 8 blocks, 8x56x56, batch 2, 3 steps (default on the CPU)",
+    add_size_options(
+        p,
+        cpu_size="small matrix: 8 blocks, 8x56x56, batch 2, 3 steps (default on the CPU)",
+        batch="clips per step (default 32 on CUDA, else 2)",
+        warmup="untimed steps per variant (CUDA 3, else 1)",
     )
-    p.add_argument("--blocks", type=int, help="CNN blocks (default 8)")
-    p.add_argument("--frames", type=int, help="frames per clip (default 16; CPU size 8)")
-    p.add_argument("--crop", type=int, help="crop size (default 112; CPU size 56)")
-    p.add_argument("--batch", type=int, help="clips per step (default 32 on CUDA, else 2)")
-    p.add_argument("--steps", type=int, help="timed rounds (default 20 on CUDA, else 3)")
-    p.add_argument("--warmup", type=int, help="untimed steps per variant (CUDA 3, else 1)")
-    p.add_argument("--heads", default="pool,hmdb51,largest", help="of: " + ",".join(HEADS))
     p.add_argument("--variants", help="e.g. fp32,bf16,bf16-cl,bf16-compile (default: by device)")
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         help="add torch.compile variants to the default ones (default on CUDA)",
     )
-    p.add_argument("--set", action="append", default=[], help="config override, KEY=VALUE")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     p.add_argument(
         "--target",
         action=argparse.BooleanOptionalAction,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +27,16 @@ from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text
 
 
-@dataclass(frozen=True)
 class RunDir:
     """One run's folder and the files in it."""
 
-    path: Path
-
-    @property
-    def config(self) -> Path:
-        return self.path / "config.toml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def last(self) -> Path:
-        return self.path / "last.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.path / "best.pt"
-
-    @property
-    def result(self) -> Path:
-        return self.path / "result.json"
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.toml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.last = self.path / "last.pt"
+        self.best = self.path / "best.pt"
+        self.result = self.path / "result.json"
 
     def check_resumable(self) -> None:
         """A UserError unless the folder holds a run to resume (its ``last.pt``)."""
