@@ -82,8 +82,10 @@ class Pretrainer(nn.Module, abc.ABC):
     """The model being pretrained (classifier removed) plus its decoder; forward gives the loss.
 
     ``forward(clips, mask)``: clips (B, 3, T, H, W) normalised, mask (B, h, w) hidden cells of
-    ``cell_grid``.
+    ``mask_grid``.
     """
+
+    decoder: Decoder
 
     def __init__(self, model: VideoClassifier, config: Config) -> None:
         super().__init__()
@@ -113,6 +115,14 @@ class Pretrainer(nn.Module, abc.ABC):
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """The weights ``model.init`` takes: CNN and head, without decoder or classifier."""
         return self.model.state_dict()
+
+    def objective_state(self) -> dict[str, torch.Tensor]:
+        """Everything else: the decoder (and the EMA copy), for resuming."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+
+    def load_states(self, encoder: dict[str, torch.Tensor], objective: dict[str, torch.Tensor]):
+        """The inverse of `encoder_state` and `objective_state`, strictly."""
+        self.load_state_dict({**{f"model.{k}": v for k, v in encoder.items()}, **objective})
 
 
 def _decode_loss(
