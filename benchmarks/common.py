@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import math
 import os
 import platform
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,15 +33,16 @@ import torch
 from loader import all_videos, make_videos  # benchmarks/loader.py (scripts run from here)
 from torch import nn
 from torch.utils.data import default_collate
-from torchvision.io import ImageReadMode, decode_jpeg
 
-from hmdbattn.config import Config, load_config, parse_value
-from hmdbattn.data.cache import MANIFEST_NAME, CachedVideo, cache_file
+from hmdbattn.config import Config, load_config, parse_overrides
+from hmdbattn.data.cache import MANIFEST_NAME, CachedVideo, cache_file, decode_jpegs
 from hmdbattn.data.datasets import ClipVideo, EvalClips, TrainClips, make_loader
 from hmdbattn.data.preprocess import preprocess
 from hmdbattn.data.transforms import VideoTransform
-from hmdbattn.engine.evaluate import autocast as engine_autocast
 from hmdbattn.engine.optim import build_optimizer
+from hmdbattn.engine.precision import autocast
+from hmdbattn.engine.train import StepParts, train_step
+from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import build_model, clip_profile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,15 +84,33 @@ class Size:
         return f"{self.blocks} blocks, {self.frames}x{self.crop}x{self.crop}, batch {self.batch}"
 
 
+def bench_size(args: Any, device: torch.device, cuda_batch: int) -> tuple[Size, int, int]:
+    """The size, timed rounds and warm-up steps from a script's options, else by device.
+
+    The presets: on the CPU (or with ``--cpu-size``) 8 blocks, 8x56x56, batch 2, 3 rounds
+    after 1 warm-up step; on CUDA 8 blocks, 16x112x112, batch `cuda_batch`, 20 rounds after 3.
+    """
+    cuda = device.type == "cuda"
+    small = args.cpu_size if args.cpu_size is not None else not cuda
+    preset = Size(8, 8, 56, 2) if small else Size(8, 16, 112, cuda_batch if cuda else 2)
+    size = Size(
+        args.blocks or preset.blocks,
+        args.frames or preset.frames,
+        args.crop or preset.crop,
+        args.batch or preset.batch,
+    )
+    rounds = args.steps if args.steps is not None else (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    return size, rounds, warmup
+
+
 def parse_sets(items: Iterable[str]) -> dict[str, Any]:
-    """``["model.latent_dim=32"]`` -> ``{"model.latent_dim": 32}`` (values read as TOML)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected section.key=value")
-        out[key.strip()] = parse_value(value.strip())
-    return out
+    """``["model.latent_dim=32"]`` -> ``{"model.latent_dim": 32}``, by the package's parser."""
+    try:
+        nested = parse_overrides(list(items))
+    except UserError as exc:
+        raise SystemExit(str(exc)) from None
+    return {f"{section}.{key}": v for section, keys in nested.items() for key, v in keys.items()}
 
 
 def head_config(head: str, size: Size, sets: Mapping[str, Any] | None = None) -> Config:
@@ -145,13 +162,6 @@ def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
 # --------------------------------------------------------------------------- devices
 
 
-def pick_device(name: str | None) -> torch.device:
-    """`name`, or CUDA when there is one, else the CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
@@ -164,11 +174,35 @@ def amp(device: torch.device, precision: str) -> contextlib.AbstractContextManag
     On CUDA this is the trainer's own autocast; the trainer runs the CPU in fp32 only, so the
     CPU's bf16 is plain ``torch.autocast("cpu", dtype=torch.bfloat16)``.
     """
+    if device.type == "cuda":
+        return autocast(device, "off" if precision == "fp32" else precision)
     if precision == "fp32":
         return contextlib.nullcontext()
-    if device.type == "cuda":
-        return engine_autocast(device, precision)
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def step_parts(
+    module: nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    config: Config,
+    precision: str,
+) -> StepParts:
+    """The trainer's step (`train_step`) for `module` at `precision`, through `forward`.
+
+    fp32 and bf16 need no loss scaling: the gradient scaler is disabled (a no-op), as the
+    trainer's is unless it runs fp16.
+    """
+    device = next(module.parameters()).device
+    return StepParts(
+        forward,
+        module.parameters,
+        optimizer,
+        torch.amp.GradScaler("cuda", enabled=False),
+        config.train,
+        lambda: amp(device, precision),
+        NUM_CLASSES,
+    )
 
 
 def device_text(device: torch.device) -> str:
@@ -394,13 +428,12 @@ class Variant:
 
 
 class Trainee:
-    """A model and its Adam optimiser, stepped the way ``train_epoch`` steps them.
+    """A model and its optimiser, stepped by the trainer's own `train_step`.
 
     One step: the training transform on the device (crop, flip, normalise), channels-last when
-    asked, the forward pass under autocast, cross-entropy in fp32, backward, optimiser step.
-    fp32 and bf16 need no loss scaling, so the trainer's GradScaler is disabled (a no-op) there
-    and is left out. `model`, `optimizer` and the compiled forward can be shared by variants
-    differing in precision only.
+    asked, then `train_step` (mixing and label smoothing as configured, forward under autocast,
+    cross-entropy in fp32, backward, clipping, optimiser step). `model`, `optimizer` and the
+    compiled forward can be shared by variants differing in precision only.
     """
 
     def __init__(
@@ -415,19 +448,18 @@ class Trainee:
         self.forward: Callable[[torch.Tensor], torch.Tensor] = (
             torch.compile(self.model) if compiled else self.model  # type: ignore[assignment]
         )
+        self.parts = {
+            p: step_parts(self.model, self.forward, self.optimizer, config, p)
+            for p in ("fp32", "bf16")
+        }
         self.transform = VideoTransform.from_config(config.data, "train")
         self.generator = torch.Generator().manual_seed(0)  # crops and flips, drawn on the CPU
 
     def step(self, frames: torch.Tensor, labels: torch.Tensor, precision: str) -> torch.Tensor:
         """One training step on uint8 `frames` (B, T, H, W, 3) already on the device."""
         x = self.transform(frames, self.generator).contiguous(memory_format=self.memory)
-        with amp(self.device, precision):
-            logits = self.forward(x)
-        loss = nn.functional.cross_entropy(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
+        loss, _ = train_step(self.parts[precision], x, labels, self.generator)
+        return loss
 
 
 def random_batch(size: Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -486,24 +518,6 @@ def threads(count: int):
         torch.set_num_threads(before)
 
 
-def _jpeg_blobs(video: CachedVideo, indices: list[int]) -> list[torch.Tensor]:
-    """The JPEG bytes of frames `indices`, read by the offsets of the cache format."""
-    blobs = []
-    with open(video.path, "rb") as f:
-        for i in sorted(set(indices)):
-            f.seek(int(video.offsets[i]))
-            size = int(video.offsets[i + 1] - video.offsets[i])
-            blobs.append(torch.frombuffer(bytearray(f.read(size)), dtype=torch.uint8))
-    return blobs
-
-
-def _decode(blobs: list[torch.Tensor]) -> None:
-    """Decode like the cache does (torchvision's batch libjpeg-turbo decode)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        decode_jpeg(blobs, mode=ImageReadMode.RGB)
-
-
 @dataclass
 class LoaderCost:
     """CPU milliseconds per clip in one process with one thread: the whole path and its parts."""
@@ -550,10 +564,10 @@ def loader_cpu_cost(
         for i in range(count):
             path, indices = _clip_of(dataset, i)
             video = CachedVideo(cache_file(config.data.cache_path, path))
-            blobs.append(_jpeg_blobs(video, indices))
+            blobs.append(video.read_jpegs(sorted(set(indices))))
         start = cpu()
         for clip_blobs in blobs:
-            _decode(clip_blobs)
+            decode_jpegs(clip_blobs)  # the cache's own decoder
         decode = cpu() - start
         batch = config.data.batch_size
         start = cpu()
@@ -609,63 +623,3 @@ def loader_rate(
     elapsed = time.perf_counter() - start
     del loader  # persistent workers exit with it
     return clips / elapsed if clips else float("nan")
-
-
-# --------------------------------------------------------------------------- GPU summary
-
-
-def write_summary(out_dir: str | Path) -> dict[str, Any]:
-    """Gather train_step.json and eval_step.json of `out_dir` into gpu.json and summary.txt.
-
-    The checks: data wait under 5% of a real training loop's time, and the 1.08x step ratio
-    (the CPU's target, shown for reference on the GPU). What a run did not produce is "n/a".
-    """
-    out = Path(out_dir)
-    figures: dict[str, Any] = {}
-    for name in ("train_step", "eval_step"):
-        path = out / f"{name}.json"
-        figures[name] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    train, evals = figures["train_step"] or {}, figures["eval_step"] or {}
-    loop, loader, target = train.get("loop"), train.get("loader"), train.get("target")
-    figures["checks"] = {
-        "data_wait_share": None if loop is None else loop["wait_share"],
-        "data_wait_under_5pct": None if loop is None else loop["met"],
-        "hmdb51_pool_step_ratio": None if target is None else target["ratio"],
-    }
-    lines = [f"device: {train.get('device') or evals.get('device') or 'n/a'}"]
-    for row in train.get("rows", []):
-        lines.append(
-            f"train {row['head']:<8}{row['variant']:<14}{row['ms_per_step']:8.1f} ms/step"
-            f"{row['clips_per_s']:9.1f} clips/s  peak {fmt(row['peak_mib'], '.0f')} MiB"
-            f"  MFU {percent(row['mfu'])}%"
-        )
-    for key, why in train.get("failed", {}).items():
-        lines.append(f"train {key}: failed ({why})")
-    if target:
-        lines.append(f"hmdb51/pool step ({target['variant']}): {target['ratio']:.3f}")
-    if loader:
-        cost = loader["cpu_ms_per_clip"]
-        lines.append(
-            f"loader: {cost['total']:.2f} CPU ms/clip (target < 2; without the transform "
-            f"{cost['total'] - cost['transform']:.2f}), {loader['clips_per_s']:.0f} clips/s "
-            f"with {loader['workers']} workers"
-        )
-    if loop:
-        verdict = "met" if loop["met"] else "MISSED"
-        lines.append(
-            f"loop ({loop['head']} {loop['variant']}, {loop['workers']} workers): "
-            f"{loop['clips_per_s']:.0f} clips/s, data wait {100 * loop['wait_share']:.2f}% "
-            f"(target < 5%) {verdict}, MFU {percent(loop['mfu'])}%"
-        )
-    for row in evals.get("rows", []):
-        lines.append(
-            f"eval {row['head']:<8}{row['precision']:<6}{row['crops']}-crop"
-            f"{row['clips_per_s']:9.1f} clips/s{row['views_per_s']:9.1f} views/s"
-        )
-    for name, part in (("train", train), ("eval", evals)):
-        ratios = part.get("ratios") or {}
-        text = ", ".join(f"{k} {fmt(v, '.3f')}x" for k, v in ratios.items())
-        lines.append(f"{name} ratios: {text or 'n/a'}")
-    (out / "gpu.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return figures

@@ -1,9 +1,10 @@
 """Evaluation throughput with multi-view testing: 1 crop against 3 crops, by head and precision.
 
-A step is ``score_clips``'s: a batch of uint8 windows on the device, the evaluation transform
-(centre crop, or three crops along the longer side), the forward pass under autocast without
-gradients, the logits back to the CPU. Heads as in train_step.py (pool, hmdb51, largest); weights
-are random. Every head x precision x crops is timed interleaved (median of rounds).
+A step is ``engine.evaluate.score_batch``, as ``score_clips`` runs it: a batch of uint8 windows
+on the device, the evaluation transform (centre crop, or three crops along the longer side), the
+forward pass under autocast without gradients, the logits back to the CPU. Heads as in
+train_step.py (pool, hmdb51, largest); weights are random. Every head x precision x crops is
+timed interleaved (median of rounds).
 
     python benchmarks/eval_step.py                  # CPU: 8 blocks, 8x56x56, 2 windows a batch
     python benchmarks/eval_step.py --device cuda    # 8 blocks, 16x112x112, 16 windows a batch
@@ -22,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from common import (
     Size,
     Timings,
     amp,
+    bench_size,
     device_text,
     ensure_dataset,
     gmacs_per_clip,
@@ -40,7 +43,6 @@ from common import (
     loader_cpu_cost,
     parse_list,
     parse_sets,
-    pick_device,
     random_batch,
     research_data_config,
 )
@@ -48,6 +50,8 @@ from loader import all_videos
 
 from hmdbattn.data.datasets import EvalClips
 from hmdbattn.data.transforms import VideoTransform
+from hmdbattn.engine.distributed import pick_device
+from hmdbattn.engine.evaluate import score_batch
 from hmdbattn.models.classifier import build_model
 
 CROPS = (1, 3)
@@ -82,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Scorer:
-    """One head's model in eval mode, scoring uint8 window batches like ``score_clips``."""
+    """One head's model in eval mode, scoring uint8 window batches with ``score_batch``."""
 
     def __init__(self, head: str, size: Size, device: torch.device, args: argparse.Namespace):
         torch.manual_seed(0)
@@ -97,11 +101,10 @@ class Scorer:
             for n in CROPS
         }
 
-    @torch.no_grad()
     def score(self, frames: torch.Tensor, precision: str, crops: int) -> torch.Tensor:
-        x = self.transforms[crops](frames).contiguous(memory_format=self.memory)
-        with amp(self.device, precision):
-            return self.model(x).float().cpu()  # (B * crops, K); .cpu() syncs, as in eval
+        """The package's `score_batch` (as `score_clips` runs it) at `precision`, `crops`."""
+        autocast = partial(amp, self.device, precision)
+        return score_batch(self.model, self.transforms[crops], frames, autocast, self.memory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,17 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cuda = device.type == "cuda"
-    small = args.cpu_size if args.cpu_size is not None else not cuda
-    preset = Size(8, 8, 56, 2) if small else Size(8, 16, 112, 16 if cuda else 2)
-    size = Size(
-        args.blocks or preset.blocks,
-        args.frames or preset.frames,
-        args.crop or preset.crop,
-        args.batch or preset.batch,
-    )
-    rounds = args.steps if args.steps is not None else (20 if cuda else 3)
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
+    size, rounds, warmup = bench_size(args, device, cuda_batch=16)
     heads = parse_list(args.heads, HEADS, "--heads")
     precisions = parse_list(args.precisions, ("fp32", "bf16"), "--precisions")
     print(f"eval_step: {device_text(device)}")
@@ -136,34 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     times = interleaved(steps, rounds, warmup, device)
 
-    report: dict[str, Any] = {"device": device_text(device), "size": asdict(size), "rows": []}
+    report: dict[str, Any] = {"device": device_text(device), "size": asdict(size)}
     print(
         f"\n== eval: {size.text()} (windows), {device_text(device)}, "
         f"{'channels-last' if args.channels_last else 'contiguous'}; "
         f"median of {rounds} interleaved rounds after {warmup} warm-up batch(es)"
     )
     k = args.clips_per_video
-    print(
-        f"{'head':<9}{'precision':<10}{'crops':>6}{'ms/batch':>10}{'clips/s':>10}{'views/s':>10}"
-        f"{f'videos/s@{k}':>13}{'GMACs/clip':>12}"
-    )
-    for h, p, n in combos:
-        s = times.seconds(key(h, p, n))
-        row = {
-            "head": h,
-            "precision": p,
-            "crops": n,
-            "ms_per_batch": 1000 * s,
-            "clips_per_s": size.batch / s,
-            "views_per_s": size.batch * n / s,
-            "videos_per_s": size.batch / s / k,
-            "gmacs_per_clip": n * gmacs_per_clip(scorers[h].config),
-        }
-        report["rows"].append(row)
-        print(
-            f"{h:<9}{p:<10}{n:>6}{row['ms_per_batch']:>10.1f}{row['clips_per_s']:>10.2f}"
-            f"{row['views_per_s']:>10.2f}{row['videos_per_s']:>13.3f}{row['gmacs_per_clip']:>12.2f}"
-        )
+    gmacs = {h: gmacs_per_clip(scorer.config) for h, scorer in scorers.items()}
+    report["rows"] = print_rows(times, key, combos, size, gmacs, k)
 
     if args.loader:
         with tempfile.TemporaryDirectory(prefix="hmdbattn-bench-") as tmp:
@@ -178,6 +152,41 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def print_rows(
+    times: Timings,
+    key: Callable[[str, str, int], str],
+    combos: list[tuple[str, str, int]],
+    size: Size,
+    gmacs: dict[str, float],
+    clips_per_video: int,
+) -> list[dict[str, Any]]:
+    """The table of every head x precision x crops (its rows, also returned for the JSON)."""
+    k = clips_per_video
+    print(
+        f"{'head':<9}{'precision':<10}{'crops':>6}{'ms/batch':>10}{'clips/s':>10}{'views/s':>10}"
+        f"{f'videos/s@{k}':>13}{'GMACs/clip':>12}"
+    )
+    rows = []
+    for h, p, n in combos:
+        s = times.seconds(key(h, p, n))
+        row = {
+            "head": h,
+            "precision": p,
+            "crops": n,
+            "ms_per_batch": 1000 * s,
+            "clips_per_s": size.batch / s,
+            "views_per_s": size.batch * n / s,
+            "videos_per_s": size.batch / s / k,
+            "gmacs_per_clip": n * gmacs[h],
+        }
+        rows.append(row)
+        print(
+            f"{h:<9}{p:<10}{n:>6}{row['ms_per_batch']:>10.1f}{row['clips_per_s']:>10.2f}"
+            f"{row['views_per_s']:>10.2f}{row['videos_per_s']:>13.3f}{row['gmacs_per_clip']:>12.2f}"
+        )
+    return rows
 
 
 def eval_loader(root: Path, clips_per_video: int, batch: int, clips: int) -> dict[str, Any]:

@@ -69,14 +69,7 @@ log "4/5 eval_step.py"
     | tee "$OUT/eval_step.txt" || { STATUS=1; log "eval_step.py failed (see eval_step.txt)"; }
 
 log "5/5 summary"
-"$PYTHON" - "$OUT" <<'EOF'
-import sys
-
-sys.path.insert(0, "benchmarks")
-from common import write_summary
-
-write_summary(sys.argv[1])
-EOF
+"$PYTHON" benchmarks/gpu_summary.py "$OUT"
 cat "$OUT/summary.txt"
 log "done: figures in $OUT"
 exit "$STATUS"

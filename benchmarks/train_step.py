@@ -3,7 +3,8 @@
 Heads: ``pool`` (the research's baseline), ``hmdb51`` (configs/hmdb51.toml: 8 blocks + 1 cross
 + 1 self) and ``largest`` (8 blocks + 1 cross + 6 self). Variants: ``fp32`` or ``bf16``
 autocast, ``-cl`` for channels-last 3D, ``-compile`` for torch.compile. A step is the trainer's:
-transform on the device, forward, cross-entropy, backward, Adam. Weights are random (the cost
+transform on the device, then ``engine.train.train_step`` (forward, cross-entropy, backward,
+Adam), the function ``hmdbattn train`` runs. Weights are random (the cost
 does not depend on them) and batches are random uint8 clips already on the device.
 
     python benchmarks/train_step.py                 # CPU: a small matrix + the 1.08x target
@@ -51,7 +52,7 @@ from common import (
     Timings,
     Trainee,
     Variant,
-    amp,
+    bench_size,
     bf16_peak_flops,
     device_text,
     ensure_dataset,
@@ -66,17 +67,20 @@ from common import (
     parse_sets,
     peak_step_memory,
     percent,
-    pick_device,
     random_batch,
     research_data_config,
     shared_cpu_note,
+    step_parts,
     sync,
     train_clips,
 )
 
 from hmdbattn.config import Config
-from hmdbattn.data.datasets import make_loader
+from hmdbattn.data.datasets import TrainClips, make_loader
 from hmdbattn.data.transforms import VideoTransform
+from hmdbattn.engine.distributed import pick_device
+from hmdbattn.engine.optim import build_optimizer
+from hmdbattn.engine.train import StepParts, train_step
 
 TARGET_STEP = 1.08  # hmdb51 head's step over the pool head's, CPU, 8 blocks 16x112x112
 TARGET_LOADER_MS = 2.0  # CPU ms per training clip: read + decode cache + train transform
@@ -136,22 +140,6 @@ def parse_size(text: str, batch: int) -> Size:
     except ValueError:
         raise SystemExit(f"--target-size {text!r}: expected BLOCKSxFRAMESxCROP") from None
     return Size(blocks, frames, crop, batch)
-
-
-def matrix_size(args: argparse.Namespace, device: torch.device) -> tuple[Size, int, int]:
-    """The matrix's size, timed rounds and warm-up steps: the preset, then explicit options."""
-    cuda = device.type == "cuda"
-    small = args.cpu_size if args.cpu_size is not None else not cuda
-    preset = Size(8, 8, 56, 2) if small else Size(8, 16, 112, 32 if cuda else 2)
-    size = Size(
-        args.blocks or preset.blocks,
-        args.frames or preset.frames,
-        args.crop or preset.crop,
-        args.batch or preset.batch,
-    )
-    steps = args.steps if args.steps is not None else (20 if cuda else 3)
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    return size, steps, warmup
 
 
 def default_variants(device: torch.device, compile_: bool) -> list[Variant]:
@@ -319,8 +307,9 @@ def head_parts(matrix: Matrix, v: Variant, rounds: int) -> dict[str, Any]:
         module = copy.deepcopy(model.head)
         c = model.backbone.out_channels
         features = torch.randn(matrix.size.batch, c, *grid, device=matrix.device)
-        optimizer = build_optimizer_for(module, matrix.configs[head])
-        steps[head] = partial(head_step, module, optimizer, features, matrix.labels, v.precision)
+        optimizer = build_optimizer(module, matrix.configs[head].train)
+        parts = step_parts(module, module, optimizer, matrix.configs[head], v.precision)
+        steps[head] = partial(head_step, parts, features, matrix.labels)
     times = interleaved(steps, rounds, warmup=1, device=matrix.device)
     clock = times.clock
     per_clock = getattr(times, clock)
@@ -346,30 +335,10 @@ def head_parts(matrix: Matrix, v: Variant, rounds: int) -> dict[str, Any]:
     }
 
 
-def build_optimizer_for(head: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """Adam over the head's parameters, with the trainer's groups (no decay on 1-D ones)."""
-    train = config.train
-    decay = [p for p in head.parameters() if p.ndim > 1]
-    plain = [p for p in head.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": plain}]
-    return torch.optim.Adam([g for g in groups if g["params"]], lr=train.lr)
-
-
-def head_step(
-    head: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    precision: str,
-) -> None:
+def head_step(parts: StepParts, features: torch.Tensor, labels: torch.Tensor) -> None:
     """A training step of a head alone, the gradient going down to the feature map."""
     x = features.detach().requires_grad_()  # as the CNN's output: backward reaches it
-    with amp(features.device, precision):
-        logits = head(x)
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    train_step(parts, x, labels)
 
 
 def target_figures(matrix: Matrix, v: Variant) -> dict[str, Any]:
@@ -461,29 +430,8 @@ def run_loop(
     config = head_config(args.loop_head, size, sets | {f"data.{k}": x for k, x in data.items()})
     trainee = Trainee(config, device, v.channels_last, v.compile)
     dataset = train_clips(config, HMDB51_TRAIN_CLIPS)
-    loader = make_loader(dataset, config, train=True)
     warmup = max(args.warmup if args.warmup is not None else 3, 2 * workers // size.batch + 1)
-    it, epoch = iter(loader), 0
-    wait, start = 0.0, 0.0
-    for number in range(warmup + args.loop_steps):
-        if number == warmup:
-            sync(device)
-            wait, start = 0.0, time.perf_counter()
-        t = time.perf_counter()
-        try:
-            frames, labels, _ = next(it)
-        except StopIteration:  # a new epoch, as the trainer would start one
-            epoch += 1
-            dataset.set_epoch(epoch)
-            it = iter(loader)
-            frames, labels, _ = next(it)
-        wait += time.perf_counter() - t
-        frames = frames.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        trainee.step(frames, labels, v.precision)
-    sync(device)
-    total = time.perf_counter() - start
-    del it, loader
+    wait, total = time_loop(trainee, dataset, config, v.precision, warmup, args.loop_steps)
     share = wait / total
     steps = args.loop_steps
     clips_s = steps * size.batch / total
@@ -512,12 +460,42 @@ def run_loop(
     }
 
 
+def time_loop(
+    trainee: Trainee, dataset: TrainClips, config: Config, precision: str, warmup: int, steps: int
+) -> tuple[float, float]:
+    """Seconds blocked in ``next(loader)`` and in all, over `steps` steps after `warmup`."""
+    device = trainee.device
+    loader = make_loader(dataset, config, train=True)
+    it, epoch = iter(loader), 0
+    wait, start = 0.0, 0.0
+    for number in range(warmup + steps):
+        if number == warmup:
+            sync(device)
+            wait, start = 0.0, time.perf_counter()
+        t = time.perf_counter()
+        try:
+            frames, labels, _ = next(it)
+        except StopIteration:  # a new epoch, as the trainer would start one
+            epoch += 1
+            dataset.set_epoch(epoch)
+            it = iter(loader)
+            frames, labels, _ = next(it)
+        wait += time.perf_counter() - t
+        frames = frames.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        trainee.step(frames, labels, precision)
+    sync(device)
+    total = time.perf_counter() - start
+    del it, loader  # persistent workers exit with them
+    return wait, total
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size, rounds, warmup = matrix_size(args, device)
+    size, rounds, warmup = bench_size(args, device, cuda_batch=32)
     heads = parse_list(args.heads, HEADS, "--heads")
     compile_ = args.compile if args.compile is not None else device.type == "cuda"
     variants = (

@@ -147,7 +147,7 @@ def test_gpu_summary_gathers_both_reports(
         (tmp_path / out.name).write_text(out.read_text())
     sys.path.insert(0, str(BENCH))
     try:
-        from common import write_summary
+        from gpu_summary import write_summary
     finally:
         sys.path.remove(str(BENCH))
     figures = write_summary(tmp_path)

@@ -16,6 +16,7 @@ from conftest import set_args, tiny_overrides
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.evaluate import evaluate_checkpoint
 
+CPU_RUNTIME = Runtime(torch.device("cpu"))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
@@ -74,3 +75,27 @@ def test_distributed_eval_equals_single_process_eval(ddp_run: Path, tmp_path: Pa
     ):
         assert distributed[key] == single[key], key
     assert distributed["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_session_tears_down_however_the_block_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hmdbattn.engine import distributed
+
+    calls: list[str] = []
+    monkeypatch.setattr(distributed, "setup", lambda: calls.append("setup") or CPU_RUNTIME)
+    monkeypatch.setattr(distributed, "teardown", lambda: calls.append("teardown"))
+    with distributed.session() as runtime:
+        assert runtime is CPU_RUNTIME and calls == ["setup"]
+    with pytest.raises(KeyError), distributed.session():
+        raise KeyError("a failing run")
+    assert calls == ["setup", "teardown", "setup", "teardown"]
+
+
+def test_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hmdbattn.engine.distributed import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device() == torch.device("cuda", 1)

@@ -1,7 +1,10 @@
-"""Training: run directory, checkpoints, resume after a kill, stops, schedule and mixing."""
+"""Training: run directory, checkpoints, resume after a kill, stops, schedule, mixing, the step."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import json
 import os
 import signal
@@ -15,11 +18,13 @@ import torch
 from conftest import set_args, tiny_overrides
 
 from hmdbattn import load_config
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.config import TrainConfig
-from hmdbattn.engine.checkpoint import load_checkpoint
 from hmdbattn.engine.distributed import Runtime
-from hmdbattn.engine.optim import lr_factor, mix_batch
-from hmdbattn.engine.train import train
+from hmdbattn.engine.optim import build_optimizer, lr_factor, mix_batch
+from hmdbattn.engine.precision import fp16, memory_format, resolve_amp
+from hmdbattn.engine.rundir import RunDir, run_dirs
+from hmdbattn.engine.train import StepParts, train, train_step
 from hmdbattn.errors import UserError
 
 CPU = Runtime(torch.device("cpu"))
@@ -169,3 +174,109 @@ def test_tensorboard_gets_every_epoch_metric(tiny_dataset, tmp_path) -> None:
     tags = set(events.Tags()["scalars"])
     assert {"train_loss", "val_loss", "val_video_acc", "lr"} <= tags
     assert [e.step for e in events.Scalars("val_video_acc")] == [1, 2]
+
+
+def _step_parts(model: torch.nn.Module, c: TrainConfig, **extra: object) -> StepParts:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    parts = StepParts(model, model.parameters, optimizer, scaler, c, contextlib.nullcontext, 3)
+    return dataclasses.replace(parts, **extra)
+
+
+def test_train_step_is_the_hand_written_classification_step() -> None:
+    """Label smoothing and clipping as written out by hand: the same weights after one step."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    twin = copy.deepcopy(model)
+    c = TrainConfig(label_smoothing=0.1, grad_clip=0.01)
+    x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 1])
+    loss, output = train_step(_step_parts(model, c), x, y)
+    expected = torch.nn.functional.cross_entropy(
+        twin(x), torch.nn.functional.one_hot(y, 3).float(), label_smoothing=0.1
+    )
+    expected.backward()
+    torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.01)
+    torch.optim.SGD(twin.parameters(), lr=0.1).step()
+    assert torch.equal(loss, expected.detach()) and output.shape == (4, 3)
+    assert torch.equal(model.weight, twin.weight) and torch.equal(model.bias, twin.bias)
+
+
+def test_train_step_takes_another_objective() -> None:
+    """A loss function other than cross-entropy (e.g. pretraining): no mixing, its own targets."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    twin = copy.deepcopy(model)
+    c = TrainConfig(mixup_alpha=0.8, label_smoothing=0.1)  # classification-only: not applied
+    x, target = torch.randn(4, 5), torch.randn(4, 3)
+    seen = []
+
+    def objective(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen.append(y)
+        return torch.nn.functional.mse_loss(output, y)
+
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    parts = _step_parts(model, c, loss=objective)
+    loss, _ = train_step(parts, x, target, generator)
+    assert seen[0] is target and torch.equal(generator.get_state(), state)
+    assert torch.equal(loss, torch.nn.functional.mse_loss(twin(x), target).detach())
+    assert not torch.equal(model.weight, twin.weight)  # the optimiser stepped
+
+
+def test_run_dir_contract(tmp_path: Path) -> None:
+    run_dir = RunDir(tmp_path / "r")
+    config = load_config(None, {"train.epochs": 3})
+    with pytest.raises(UserError, match="nothing to resume"):
+        run_dir.prepare(config, resume=True, overwrite=False)
+    run_dir.prepare(config, resume=False, overwrite=False)
+    assert load_config(run_dir.config).train.epochs == 3
+    run_dir.write_metrics([{"epoch": 1}, {"epoch": 2}])
+    assert [json.loads(line) for line in run_dir.metrics.read_text().splitlines()] == [
+        {"epoch": 1},
+        {"epoch": 2},
+    ]
+    ckpt = {"format": "hmdbattn-checkpoint", "version": 1, "state": {"epoch": 1}}
+    run_dir.save_checkpoint(ckpt, best=False)
+    assert run_dir.last.is_file() and not run_dir.best.exists()
+    assert run_dir.load_last()["state"] == {"epoch": 1}
+    with pytest.raises(UserError, match="already holds a run"):
+        run_dir.prepare(config, resume=False, overwrite=False)
+    run_dir.prepare(config, resume=True, overwrite=False)  # resumable now
+    run_dir.prepare(config, resume=False, overwrite=True)
+    assert list(tmp_path.iterdir()) == [run_dir.path]  # atomic writes leave no temporary files
+    assert sorted(p.name for p in run_dir.path.iterdir()) == [
+        "config.toml",
+        "last.pt",
+        "metrics.jsonl",
+    ]
+
+
+def test_run_dirs_are_named_after_the_config(tmp_path: Path) -> None:
+    config = load_config(None, {"train.out_dir": str(tmp_path)})
+    assert run_dirs(config, Path("configs/hmdb51.toml"), None) == [(config, tmp_path / "hmdb51")]
+    runs = run_dirs(config, None, [1, 3])
+    assert [d for _, d in runs] == [tmp_path / "run-split1", tmp_path / "run-split3"]
+    assert [c.data.split for c, _ in runs] == [1, 3]
+    named = load_config(None, {"train.out_dir": str(tmp_path), "train.name": "x"})
+    assert run_dirs(named, Path("a.toml"), None)[0][1] == tmp_path / "x"
+
+
+def test_amp_auto_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert [resolve_amp(cpu, a) for a in ("auto", "bf16", "fp16", "off")] == ["off"] * 4
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_amp(cuda, "auto") == "bf16" and resolve_amp(cuda, "fp16") == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_amp(cuda, "auto") == "fp16" and resolve_amp(cuda, "off") == "off"
+    config = load_config(None, {"train.amp": "auto"})
+    assert fp16(config, cuda) and not fp16(config, cpu)
+    assert memory_format(config, cuda) == torch.channels_last_3d
+    assert memory_format(config, cpu) == torch.contiguous_format
+
+
+def test_optimizer_of_a_head_alone_is_one_group() -> None:
+    head = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    optimizer = build_optimizer(head, TrainConfig(weight_decay=0.1))
+    assert [g["name"] for g in optimizer.param_groups] == ["head", "head"]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == 4

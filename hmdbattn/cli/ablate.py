@@ -57,11 +57,8 @@ def ablate(
         return
     from hmdbattn.engine import distributed
 
-    runtime = distributed.setup()
-    try:
+    with distributed.session() as runtime:
         outcome = core.run_ablation(ablation, runtime, only or ())
-    finally:
-        distributed.teardown()
     if not runtime.is_main:
         return
     _output(outcome.rows, json_out, core.results_markdown)

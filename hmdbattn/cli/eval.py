@@ -40,13 +40,10 @@ def eval_(
     extra = list(overrides or [])
     extra += [f"data.split={split}"] if split else []
     extra += [f"eval.subset={subset}"] if subset else []
-    runtime = distributed.setup()
-    try:
+    with distributed.session() as runtime:
         results = [
             evaluate_checkpoint(path, config, extra, runtime, time_reversed) for path in checkpoints
         ]
-    finally:
-        distributed.teardown()
     if not runtime.is_main:
         return
     summary = summarise_splits([r.metrics.scalars() for r in results]) if len(results) > 1 else {}

@@ -24,22 +24,6 @@ def parse_splits(text: str) -> list[int]:
     return splits
 
 
-def run_dirs(
-    cfg: Config, config_path: Path | None, splits: list[int] | None
-) -> list[tuple[Config, Path]]:
-    """The (config, run directory) of each run: one, or one per split with ``--splits``."""
-    name = cfg.train.name or (config_path.stem if config_path else "run")
-    if not splits:
-        return [(cfg, cfg.train.out_dir / name)]
-    return [
-        (
-            cfg.model_copy(update={"data": cfg.data.model_copy(update={"split": k})}),
-            cfg.train.out_dir / f"{name}-split{k}",
-        )
-        for k in splits
-    ]
-
-
 def dry_run(cfg: Config, json_out: bool) -> None:
     """Resolve the config and build the model on the meta device: no data, no weights."""
     from hmdbattn.models.classifier import clip_profile
@@ -75,12 +59,13 @@ def train(
     json_out: bool = JsonOption,
 ) -> None:
     """Train a model; under torchrun, one process per GPU (DDP)."""
+    from hmdbattn.engine.rundir import RunDir, run_dirs  # imports torch: not at `--help`
+
     if resume is not None:
         if config is not None or splits:
             raise UserError("--resume takes the run's own config.toml: drop --config / --splits")
-        if not (resume / "last.pt").is_file():
-            raise UserError(f"{resume}: nothing to resume (no last.pt): is it a run directory?")
-        runs = [(load_config(resume / "config.toml", overrides or []), resume)]
+        RunDir(resume).check_resumable()
+        runs = [(load_config(RunDir(resume).config, overrides or []), resume)]
     else:
         cfg = resolve_config(config, overrides)
         if dry_run_:
@@ -92,16 +77,13 @@ def train(
     from hmdbattn.engine.train import summary
     from hmdbattn.engine.train import train as train_run
 
-    runtime = distributed.setup()
-    try:
-        results = {}
+    results = {}
+    with distributed.session() as runtime:
         for run_cfg, run_dir in runs:
             state = train_run(
                 run_cfg, run_dir, runtime, resume=resume is not None, overwrite=overwrite
             )
             results[str(run_dir)] = summary(state)
-    finally:
-        distributed.teardown()
     if not runtime.is_main:
         return
     if json_out:

@@ -63,7 +63,7 @@ SUFFIX = ".jpgs"
 Status = Literal["ok", "failed", "missing"]
 
 
-def _decode_jpegs(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
+def decode_jpegs(blobs: list[torch.Tensor]) -> list[torch.Tensor]:
     """Decode JPEG byte tensors to (H, W, 3) uint8 RGB tensors."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -171,16 +171,19 @@ class CachedVideo:
         if bad:
             raise IndexError(f"{self.path}: frame {bad[0]} out of range 0..{self.num_frames - 1}")
         unique = sorted(set(wanted))
-        blobs = self._read_blobs(unique)
+        blobs = self.read_jpegs(unique)
         try:
-            images = _decode_jpegs(blobs)
+            images = decode_jpegs(blobs)
         except (RuntimeError, OSError) as exc:
             raise self._error(f"corrupt JPEG data ({exc})") from None
         position = {index: k for k, index in enumerate(unique)}
         return torch.stack([images[position[i]] for i in wanted])
 
-    def _read_blobs(self, unique: list[int]) -> list[torch.Tensor]:
-        """The JPEG bytes of sorted frame indices; consecutive frames are read in one go."""
+    def read_jpegs(self, unique: list[int]) -> list[torch.Tensor]:
+        """The JPEG bytes of sorted, distinct frame indices (`decode_jpegs` decodes them).
+
+        Consecutive frames are read in one go.
+        """
         runs: list[list[int]] = []
         for i in unique:
             if runs and runs[-1][-1] == i - 1:

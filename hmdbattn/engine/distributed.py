@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +29,23 @@ class Runtime:
         return self.world_size > 1
 
 
+def pick_device(name: str | None = None) -> torch.device:
+    """`name` (``cpu``, ``cuda:1``...), else GPU LOCAL_RANK when CUDA is present, else the CPU."""
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def setup() -> Runtime:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run alone.
 
     Each rank takes GPU LOCAL_RANK when CUDA is present (backend NCCL), else the CPU (gloo).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    device = pick_device()
+    cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
@@ -86,3 +96,13 @@ def checksum(module: torch.nn.Module) -> float:
     """A cheap fingerprint of the parameters, to check that ranks hold the same model."""
     with torch.no_grad():
         return float(sum(p.double().sum().item() for p in module.parameters()))
+
+
+@contextlib.contextmanager
+def session() -> Iterator[Runtime]:
+    """``with session() as runtime:``: `setup`, then `teardown` however the block ends."""
+    runtime = setup()
+    try:
+        yield runtime
+    finally:
+        teardown()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.config import Config, load_config
 from hmdbattn.data.datasets import EvalClips, build_eval_dataset, make_loader
 from hmdbattn.data.transforms import VideoTransform
-from hmdbattn.engine.checkpoint import load_checkpoint
 from hmdbattn.engine.distributed import Runtime, gather
 from hmdbattn.engine.metrics import (
     VideoMetrics,
@@ -23,6 +25,7 @@ from hmdbattn.engine.metrics import (
     write_confusion_csv,
     write_confusion_png,
 )
+from hmdbattn.engine.precision import autocast
 from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text
 from hmdbattn.models.classifier import model_from_checkpoint
@@ -40,16 +43,6 @@ class Scores:
 
     def metrics(self, classes: list[str]) -> VideoMetrics:
         return compute_metrics(self.logits, self.video, self.video_labels, classes)
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA (``auto`` = bf16 where supported); nothing on the CPU."""
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext()
-    if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 @torch.no_grad()
@@ -74,14 +67,12 @@ def score_clips(
     )
     rows: list[torch.Tensor] = []
     loss_sum = 0.0
+    precision = partial(autocast, runtime.device, config.train.amp)
     with progress("clips", transient=True, disable=not (show_progress and runtime.is_main)) as bar:
         task = bar.add_task("evaluating", total=len(shard))
         for frames, labels, _ in loader:
-            x = transform(frames.to(runtime.device, non_blocking=True))  # (B*views, C, T, h, w)
-            if time_reversed:
-                x = x.flip(2)
-            with autocast(runtime.device, config.train.amp):
-                logits = model(x).float().cpu()  # (B*views, K)
+            frames = frames.to(runtime.device, non_blocking=True)
+            logits = score_batch(model, transform, frames, precision, time_reversed=time_reversed)
             views = transform.views
             loss_sum += (
                 nn.functional.cross_entropy(
@@ -93,6 +84,29 @@ def score_clips(
             bar.advance(task, len(labels))
     mine = torch.cat(rows) if rows else torch.empty(0, 0)
     return _assemble(dataset, shard, mine, loss_sum, transform.views, runtime)
+
+
+@torch.no_grad()
+def score_batch(
+    model: nn.Module,
+    transform: VideoTransform,
+    frames: torch.Tensor,
+    precision: Callable[[], contextlib.AbstractContextManager],
+    memory: torch.memory_format | None = None,
+    time_reversed: bool = False,
+) -> torch.Tensor:
+    """The logits (B * views, K), on the CPU, of a uint8 batch `frames` (B, T, H, W, 3).
+
+    The evaluation transform (centre crop or several crops), `memory` layout when given, and
+    the forward pass under the autocast that `precision` opens.
+    """
+    x = transform(frames)  # (B * views, C, T, h, w)
+    if memory is not None:
+        x = x.contiguous(memory_format=memory)
+    if time_reversed:
+        x = x.flip(2)
+    with precision():
+        return model(x).float().cpu()  # (B * views, K); .cpu() waits for the device
 
 
 def _assemble(

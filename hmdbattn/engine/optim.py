@@ -11,13 +11,20 @@ from hmdbattn.config import TrainConfig
 from hmdbattn.models.classifier import VideoClassifier
 
 
-def build_optimizer(model: VideoClassifier, c: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD with two groups: the CNN (``cnn_lr``, default ``lr``) and the head.
 
-    Weight decay skips biases and normalisation weights (1-D parameters), as usual.
+    Any other module than a VideoClassifier (a head alone, as the benchmarks time it) is one
+    group, "head", at ``lr``. Weight decay skips biases and normalisation weights (1-D
+    parameters), as usual.
     """
+    parts = (
+        [("cnn", model.backbone, c.cnn_lr or c.lr), ("head", model.head, c.lr)]
+        if isinstance(model, VideoClassifier)
+        else [("head", model, c.lr)]
+    )
     groups = []
-    for name, module, lr in (("cnn", model.backbone, c.cnn_lr or c.lr), ("head", model.head, c.lr)):
+    for name, module, lr in parts:
         params = [p for p in module.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         plain = [p for p in params if p.ndim <= 1]
@@ -70,11 +77,16 @@ def cnn_frozen(epoch: int, c: TrainConfig) -> bool:
 
 
 def mix_batch(
-    x: torch.Tensor, y: torch.Tensor, num_classes: int, c: TrainConfig, generator: torch.Generator
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    c: TrainConfig,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or cutmix (half the batches each when both are on) with soft one-hot targets.
 
     `x` is (B, C, T, H, W); cutmix pastes the same box of a partner clip into every frame.
+    The draws come from `generator` (torch's global one when None).
     """
     targets = nn.functional.one_hot(y, num_classes).float()  # (B, K)
     alphas = [a for a in (c.mixup_alpha, c.cutmix_alpha) if a > 0]

@@ -9,9 +9,10 @@ never stopped.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,25 +23,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from hmdbattn.config import Config
+from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from hmdbattn.config import Config, TrainConfig
 from hmdbattn.data.datasets import ClipData, build_datasets, make_loader
 from hmdbattn.data.transforms import VideoTransform
-from hmdbattn.engine.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    atomic_save,
-    load_checkpoint,
-)
-from hmdbattn.engine.distributed import Runtime, broadcast, checksum, gather, sync_buffers
-from hmdbattn.engine.evaluate import autocast, score_clips
+from hmdbattn.engine.distributed import Runtime, checksum, gather, sync_buffers
+from hmdbattn.engine.evaluate import score_clips
 from hmdbattn.engine.optim import Schedule, build_optimizer, cnn_frozen, mix_batch
+from hmdbattn.engine.precision import autocast, channels_last, fp16, memory_format
+from hmdbattn.engine.rundir import RunDir
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import atomic_write_text
 from hmdbattn.models.classifier import VideoClassifier, build_model
 from hmdbattn.models.init import load_init
 from hmdbattn.report import err_console, print_excluded, progress
 
 CHECK_EVERY = 20  # steps between non-finite loss checks (each check syncs the device)
+
+# (model output, targets) -> scalar loss: a training objective other than classification, e.g.
+# a self-supervised one. A model that computes its own loss returns it: `lambda loss, _: loss`.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -68,20 +69,7 @@ class Trainer:
     schedule: Schedule
     scaler: torch.amp.GradScaler
     state: RunState
-
-
-def channels_last(config: Config, device: torch.device) -> bool:
-    """channels-last 3D: on by default on CUDA, where cuDNN's 3D convolutions prefer it."""
-    wanted = config.train.channels_last
-    return device.type == "cuda" if wanted is None else wanted
-
-
-def fp16(config: Config, device: torch.device) -> bool:
-    """Whether the run uses fp16 autocast (and so a gradient scaler)."""
-    amp = config.train.amp
-    if device.type != "cuda":
-        return False
-    return amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported())
+    loss: LossFn | None = None  # None: classification (cross-entropy); else the objective
 
 
 def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool) -> Trainer:
@@ -116,7 +104,7 @@ def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool)
         RunState(),
     )
     if resume:
-        restore(trainer, load_checkpoint(run_dir / "last.pt"))
+        restore(trainer, RunDir(run_dir).load_last())
     return trainer
 
 
@@ -165,40 +153,93 @@ def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
 
 
+@dataclass
+class StepParts:
+    """What a training step runs with; built once per run (or per benchmark variant)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, or its DDP / compiled wrapper
+    parameters: Iterable[nn.Parameter] | Callable[[], Iterable[nn.Parameter]]  # to clip
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train: TrainConfig  # grad_clip; for classification label_smoothing, mixup and cutmix
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    num_classes: int = 0  # classification: the number of classes (soft one-hot targets)
+    loss: LossFn | None = None  # None: cross-entropy on the labels; else this objective
+
+
+def train_step(
+    parts: StepParts, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the batch `x`, `y`; returns the (detached) loss and model output.
+
+    Classification (``parts.loss`` is None): mixup / cutmix of `x` from `generator`, then
+    cross-entropy in fp32 on the soft targets with label smoothing. With ``parts.loss`` the
+    batch goes in unmixed and the loss is ``parts.loss(output, y)`` (e.g. a self-supervised
+    objective, `y` its targets). Then: autocast forward, scaled backward, gradient clipping at
+    ``train.grad_clip`` (unscaled first), optimiser and scaler steps.
+    """
+    c = parts.train
+    if parts.loss is None:
+        x, targets = mix_batch(x, y, parts.num_classes, c, generator)
+    with parts.autocast():
+        output = parts.forward(x)
+    if parts.loss is None:
+        loss = nn.functional.cross_entropy(
+            output.float(), targets, label_smoothing=c.label_smoothing
+        )
+    else:
+        loss = parts.loss(output, y)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    if c.grad_clip > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        params = parts.parameters() if callable(parts.parameters) else parts.parameters
+        nn.utils.clip_grad_norm_(params, c.grad_clip)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    return loss.detach(), output.detach()
+
+
+def step_parts(trainer: Trainer, forward: Callable[[torch.Tensor], torch.Tensor]) -> StepParts:
+    """The training step of `trainer`'s run, through `forward` (the model or its DDP wrapper)."""
+    cfg, device = trainer.config, trainer.runtime.device
+    return StepParts(
+        forward,
+        trainer.model.parameters,
+        trainer.optimizer,
+        trainer.scaler,
+        cfg.train,
+        lambda: autocast(device, cfg.train.amp),
+        len(trainer.data.classes),
+        trainer.loss,
+    )
+
+
 def train_epoch(
     trainer: Trainer, loader: DataLoader, ddp: nn.Module, bar: Progress, task: TaskID
 ) -> dict[str, float]:
-    """One pass over the training clips; returns mean loss, clip accuracy and clips seen."""
+    """One pass over the training clips; returns mean loss, clip accuracy and clips seen.
+
+    Clip accuracy counts only for classification (it stays 0 with ``trainer.loss``).
+    """
     cfg, rt, state = trainer.config, trainer.runtime, trainer.state
     transform = VideoTransform.from_config(cfg.data, "train")
     generator = epoch_generator(cfg.train.seed, state.epoch, rt.rank)
+    parts = step_parts(trainer, ddp)
     ddp.train()
     if cnn_frozen(state.epoch, cfg.train):
         trainer.model.backbone.eval()  # frozen CNN: keep its BatchNorm statistics too
-    memory = torch.channels_last_3d if channels_last(cfg, rt.device) else torch.contiguous_format
+    memory = memory_format(cfg, rt.device)
     totals = torch.zeros(3, device=rt.device)  # loss sum, correct clips, clips
     for number, (frames, labels, _) in enumerate(loader):
         trainer.schedule.apply(state.step)
         x = transform(frames.to(rt.device, non_blocking=True), generator)  # (B, C, T, h, w)
         x = x.contiguous(memory_format=memory)
         y = labels.to(rt.device, non_blocking=True)
-        x, targets = mix_batch(x, y, len(trainer.data.classes), cfg.train, generator)
-        with autocast(rt.device, cfg.train.amp):
-            logits = ddp(x)
-        loss = nn.functional.cross_entropy(
-            logits.float(), targets, label_smoothing=cfg.train.label_smoothing
-        )
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.scaler.scale(loss).backward()
-        if cfg.train.grad_clip > 0:
-            trainer.scaler.unscale_(trainer.optimizer)
-            nn.utils.clip_grad_norm_(trainer.model.parameters(), cfg.train.grad_clip)
-        trainer.scaler.step(trainer.optimizer)
-        trainer.scaler.update()
+        loss, logits = train_step(parts, x, y, generator)
         state.step += 1
-        totals += torch.stack(
-            [loss.detach() * len(y), (logits.argmax(1) == y).sum(), y.new_tensor(len(y))]
-        )
+        correct = (logits.argmax(1) == y).sum() if trainer.loss is None else y.new_tensor(0)
+        totals += torch.stack([loss * len(y), correct, y.new_tensor(len(y))])
         if number % CHECK_EVERY == 0 or number == len(loader) - 1:
             check_finite(totals[0], trainer)
             bar.update(task, completed=number + 1, description=_step_text(trainer, totals))
@@ -211,7 +252,8 @@ def train_epoch(
 def _step_text(trainer: Trainer, totals: torch.Tensor) -> str:
     s = trainer.state
     loss, acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
-    return f"epoch {s.epoch + 1}/{trainer.config.train.epochs}  loss {loss:.3f}  acc {acc:.3f}"
+    text = f"epoch {s.epoch + 1}/{trainer.config.train.epochs}  loss {loss:.3f}"
+    return text + (f"  acc {acc:.3f}" if trainer.loss is None else "")
 
 
 def check_finite(loss_sum: torch.Tensor, trainer: Trainer) -> None:
@@ -253,12 +295,9 @@ def end_epoch(trainer: Trainer, row: dict[str, Any]) -> None:
         s.stop_reason = f"step limit {c.max_steps} reached"
     if not trainer.runtime.is_main:
         return
-    ckpt = checkpoint(trainer)
-    atomic_save(ckpt, trainer.run_dir / "last.pt")
-    if improved:
-        atomic_save(ckpt, trainer.run_dir / "best.pt")
-    lines = "".join(json.dumps(r) + "\n" for r in s.history)
-    atomic_write_text(trainer.run_dir / "metrics.jsonl", lines)
+    run = RunDir(trainer.run_dir)
+    run.save_checkpoint(checkpoint(trainer), best=improved)
+    run.write_metrics(s.history)
     log_tensorboard(trainer, row)
 
 
@@ -323,19 +362,6 @@ def _epoch_line(row: dict[str, Any]) -> str:
     )
 
 
-def prepare_run_dir(config: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Check that a new run does not clobber an old one, and record the resolved config."""
-    if resume and not (run_dir / "last.pt").is_file():
-        raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
-    if not resume and (run_dir / "last.pt").exists() and not overwrite:
-        raise UserError(
-            f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
-            "pass --overwrite to start again, or set train.name"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.toml", config.to_toml())
-
-
 def train(
     config: Config,
     run_dir: Path,
@@ -345,15 +371,7 @@ def train(
     show_progress: bool = True,
 ) -> RunState:
     """Train (or resume) the run in `run_dir`; returns its final state (history, best epoch)."""
-    error = None
-    if runtime.is_main:
-        try:
-            prepare_run_dir(config, run_dir, resume, overwrite)
-        except UserError as exc:
-            error = str(exc)
-    error = broadcast(error, runtime)  # every rank stops when rank 0's checks fail
-    if error:
-        raise UserError(error)
+    RunDir(run_dir).prepare_on_main(config, runtime, resume, overwrite)
     trainer = build_trainer(config, run_dir, runtime, resume)
     if runtime.is_main:
         print_excluded(trainer.data.excluded)
@@ -364,7 +382,7 @@ def train(
         raise RuntimeError(f"the ranks hold different weights after training: {sums}")
     if runtime.is_main:
         result = summary(state) | {"ranks": runtime.world_size, "rank_checksums": sums}
-        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2))
+        RunDir(run_dir).write_result(result)
     return state
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torchvision.models.video import R2Plus1D_18_Weights, r2plus1d_18
 
+from hmdbattn.checkpoint import load_tensors
 from hmdbattn.config import ModelConfig
-from hmdbattn.engine.checkpoint import load_tensors
 from hmdbattn.errors import UserError
 
 # Output channels after each of the 8 BasicBlocks (two per torchvision layer).
