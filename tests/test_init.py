@@ -9,7 +9,7 @@ import torch
 from conftest import TINY
 
 from hmdbattn import load_config
-from hmdbattn.engine.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save
+from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save
 from hmdbattn.errors import ConfigError, UserError
 from hmdbattn.models.classifier import VideoClassifier, build_model
 from hmdbattn.models.init import load_init

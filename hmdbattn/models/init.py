@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hmdbattn.engine.checkpoint import load_checkpoint
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.errors import UserError
 
 PARTS = ("backbone", "head", "classifier")
