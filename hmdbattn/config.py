@@ -318,6 +318,11 @@ class PretrainConfig(Section):
         description='"video" mode: side in pixels of a masked cell (a multiple of the CNN\'s '
         "spatial stride: 2 for 1-2 blocks, 4, 8, 16 for 7-8 blocks)",
     )
+    norm_pixels: bool = Field(
+        True,
+        description="pixel targets normalised per patch (VideoMAE); false = the pixels as they "
+        "are, which keeps a patch's brightness (whether an object is there) in the target",
+    )
     patch_frames: int = Field(
         2, ge=1, description='"video" mode with pixel targets: frames per reconstructed patch'
     )

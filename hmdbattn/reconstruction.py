@@ -50,6 +50,8 @@ def _unpatchify(pre: PixelPretrainer, clip: torch.Tensor, rec: Reconstruction, i
     raw = clip.reshape(c, t // tt, tt, h // p, p, w // p, p).permute(1, 3, 5, 0, 2, 4, 6)
     raw = raw.reshape(patches.shape[0], c, tt * p * p).float()  # (N, C, tt*p*p)
     mean, std = raw.mean(-1, keepdim=True), (raw.var(-1, keepdim=True) + 1e-6).sqrt()
+    if not pre.config.pretrain.norm_pixels:
+        mean, std = torch.zeros_like(mean), torch.ones_like(std)
     out = raw.clone()
     hidden = rec.hidden[i]
     pred = rec.prediction[i].view(-1, c, tt * p * p)

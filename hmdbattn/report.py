@@ -191,6 +191,8 @@ def print_model_summary(summary: dict[str, Any]) -> None:
         ("token grid (T', H', W')", " x ".join(map(str, summary["token_grid"])), summary["tokens"]),
     ]
     print_table("model", ("", "value", "exact"), lines)
+    if "init" in summary:
+        console.print(summary["init"], highlight=False, markup=False)
 
 
 def print_excluded(

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hmdbattn.checkpoint import load_checkpoint
+from hmdbattn.config import Config
 from hmdbattn.errors import UserError
 
 PARTS = ("backbone", "head", "classifier")
@@ -125,3 +126,25 @@ def load_init(
             report.loaded[part] = len(own[part])
     model.load_state_dict(loaded, strict=False)
     return report
+
+
+def plan_init(config: Config) -> str:
+    """What ``model.init`` would load into `config`'s model (for the dry run), as one line.
+
+    The classes are the dataset's when its split files are there; otherwise the classifier is
+    taken as new. A checkpoint that does not fit gives its error line instead.
+    """
+    from hmdbattn.data.hmdb51 import scan_dataset
+    from hmdbattn.models.classifier import build_model
+
+    assert config.model.init is not None
+    try:
+        classes: list[str] | None = scan_dataset(config.data.root).classes
+    except UserError:
+        classes = None
+    mc = config.model.model_copy(update={"pretrained": False, "weights": None})
+    model = build_model(mc, len(classes) if classes else None)
+    try:
+        return load_init(model, config.model.init, config.model.init_parts, classes).line()
+    except UserError as exc:
+        return f"cannot start from it: {exc}"

@@ -156,13 +156,17 @@ class PixelPretrainer(Pretrainer):
         self.decoder = Decoder(dim, self.pos_dim, pc.decoder_dim, pc.decoder_heads, out)
 
     def patches(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> (B, T/tt * H/p * W/p, 3 * tt * p * p), normalised per patch."""
+        """(B, 3, T, H, W) -> (B, T/tt * H/p * W/p, 3 * tt * p * p), normalised per patch.
+
+        Unnormalised with ``pretrain.norm_pixels = false``.
+        """
         b, c, t, h, w = clips.shape
         p, tt = self.p, self.tt
         x = clips.reshape(b, c, t // tt, tt, h // p, p, w // p, p)  # (B, C, T/tt, tt, h, p, w, p)
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T/tt, h, w, C, tt, p, p)
         x = x.reshape(b, -1, c, tt * p * p).float()  # (B, N, C, tt*p*p)
-        x = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-6).sqrt()
+        if self.config.pretrain.norm_pixels:
+            x = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-6).sqrt()
         return x.flatten(2)  # (B, N, C*tt*p*p)
 
     def reconstruct(self, clips: torch.Tensor, mask: torch.Tensor) -> Reconstruction:
