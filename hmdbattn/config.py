@@ -93,6 +93,13 @@ class DataConfig(Section):
     num_workers: int = Field(
         2, ge=0, description="data loader processes (and preprocess's); 0 = in the main process"
     )
+    train_per_class: int = Field(
+        0,
+        ge=0,
+        description="train on this many videos per class (a seeded choice among the split's "
+        "training videos, recorded in the run); 0 = all, the low-label regime otherwise",
+    )
+    subset_seed: int = Field(0, description="seed of the train_per_class choice")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataConfig:
@@ -172,6 +179,17 @@ class ModelConfig(Section):
     head_dropout: float = Field(
         0.0, ge=0, lt=1, description="dropout before the classifier (0 = off)"
     )
+    init: Path | None = Field(
+        None,
+        description="start from this hmdbattn checkpoint (of train or pretrain): its backbone "
+        "and head weights load where it has them, the classifier is re-made when the classes "
+        "differ; unset = no checkpoint",
+    )
+    init_parts: list[Literal["backbone", "head", "classifier"]] | None = Field(
+        None,
+        description="which parts model.init loads, e.g. [\"backbone\"]; unset = every part "
+        "the checkpoint has (a part it lacks or that does not fit is an error)",
+    )
 
     @model_validator(mode="after")
     def _head_layout(self) -> ModelConfig:
@@ -179,6 +197,10 @@ class ModelConfig(Section):
             raise ValueError("a perceiver head needs cross_layers or self_layers above 0")
         if self.pretrained and self.weights is not None:
             raise ValueError("set either pretrained = true or weights = FILE, not both")
+        if self.init_parts is not None and self.init is None:
+            raise ValueError("init_parts is set but init is not: set model.init = CHECKPOINT")
+        if self.init_parts is not None and len(set(self.init_parts)) != len(self.init_parts):
+            raise ValueError(f"init_parts {self.init_parts} names a part twice")
         return self
 
 
@@ -273,6 +295,58 @@ class DownloadConfig(Section):
     timeout: float = Field(30.0, gt=0, description="seconds without data before a retry")
 
 
+class PretrainConfig(Section):
+    """Self-supervised pretraining (`hmdbattn pretrain`); optimisation comes from [train]."""
+
+    mode: Literal["video", "tokens"] = Field(
+        "video",
+        description='"video": mask space-time tubes of the clip and train CNN + attention head '
+        'from scratch to reconstruct them; "tokens": keep the (pretrained) CNN frozen, mask its '
+        "tokens and train the attention head to predict the masked tokens' features",
+    )
+    target: Literal["pixels", "ema"] = Field(
+        "pixels",
+        description='what "video" mode reconstructs: "pixels" (each masked patch, normalised '
+        'per patch as VideoMAE does) or "ema" (features of a slowly updated copy of the CNN)',
+    )
+    mask_ratio: float = Field(
+        0.75, gt=0, lt=1, description="share of the spatial cells masked (the same in every frame)"
+    )
+    patch_size: int = Field(
+        4,
+        ge=1,
+        description='"video" mode: side in pixels of a masked cell (a multiple of the CNN\'s '
+        "spatial stride: 2 for 1-2 blocks, 4, 8, 16 for 7-8 blocks)",
+    )
+    norm_pixels: bool = Field(
+        True,
+        description="pixel targets normalised per patch (VideoMAE); false = the pixels as they "
+        "are, which keeps a patch's brightness (whether an object is there) in the target",
+    )
+    patch_frames: int = Field(
+        2, ge=1, description='"video" mode with pixel targets: frames per reconstructed patch'
+    )
+    decoder_dim: int = Field(128, ge=8, description="width of the light decoder")
+    decoder_heads: int = Field(4, ge=1, description="attention heads of the decoder")
+    ema_momentum: float = Field(
+        0.996, ge=0, lt=1, description="EMA target: weight kept from the old copy at each step"
+    )
+    subsets: list[Literal["train", "unused", "test"]] = Field(
+        ["train", "unused"],
+        description="which videos of data.split are used (labels never are); the test videos "
+        "are left out unless listed here",
+    )
+    pictures: int = Field(
+        4, ge=0, description="clips drawn (masked input and reconstruction) after each epoch"
+    )
+
+    @model_validator(mode="after")
+    def _subsets(self) -> PretrainConfig:
+        if not self.subsets or len(set(self.subsets)) != len(self.subsets):
+            raise ValueError(f"subsets {self.subsets} must list train / unused / test once each")
+        return self
+
+
 class Config(BaseSettings):
     """The whole configuration of a run."""
 
@@ -285,6 +359,7 @@ class Config(BaseSettings):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     download: DownloadConfig = DownloadConfig()
+    pretrain: PretrainConfig = PretrainConfig()
 
     @classmethod
     def settings_customise_sources(

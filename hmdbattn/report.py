@@ -7,8 +7,9 @@ printed as key: value lines instead, see `print_table`.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -51,8 +52,23 @@ class RateColumn(ProgressColumn):
         return Text(text, style="progress.data.speed")
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Inside the block nothing goes to stderr: no progress bars, no messages.
+
+    The one switch for silence (tests, scripts, a grid's inner runs); stdout is untouched.
+    """
+    before = err_console.quiet
+    err_console.quiet = True
+    try:
+        yield
+    finally:
+        err_console.quiet = before
+
+
 def progress(unit: str = "it", transient: bool = False, disable: bool = False) -> Progress:
-    """A progress bar on stderr showing items done, rate and ETA."""
+    """A progress bar on stderr showing items done, rate and ETA (none inside `quiet`)."""
+    disable = disable or err_console.quiet
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -175,6 +191,8 @@ def print_model_summary(summary: dict[str, Any]) -> None:
         ("token grid (T', H', W')", " x ".join(map(str, summary["token_grid"])), summary["tokens"]),
     ]
     print_table("model", ("", "value", "exact"), lines)
+    if "init" in summary:
+        console.print(summary["init"], highlight=False, markup=False)
 
 
 def print_excluded(

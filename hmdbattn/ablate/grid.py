@@ -12,7 +12,7 @@ from hmdbattn.config import check_key, flatten, read_toml
 from hmdbattn.errors import ConfigError
 
 GRID_KEYS = ("title", "base", "seeds", "variant")
-VARIANT_KEYS = ("label", "set")
+VARIANT_KEYS = ("label", "set", "needs")
 # Keys a variant may not set: the ablation names the runs and places them.
 RESERVED_KEYS = ("train.out_dir", "train.name")
 
@@ -23,6 +23,8 @@ class Variant:
 
     label: str
     overrides: dict[str, Any]
+    needs: str | None = None  # the command that makes what the variant starts from
+
 
     @property
     def slug(self) -> str:
@@ -177,6 +179,10 @@ def _variant(number: int, item: Any, problems: list[str]) -> Variant | None:
     if not isinstance(settings, dict):
         problems.append(f"{where}: set must be a table of section.key = value")
         return None
+    needs = item.get("needs")
+    if needs is not None and not isinstance(needs, str):
+        problems.append(f"{where}: needs must be a string (the command that makes model.init)")
+        needs = None
     overrides = flatten(settings)
     for key in overrides:
         problem = check_key(key)
@@ -184,4 +190,4 @@ def _variant(number: int, item: Any, problems: list[str]) -> Variant | None:
             problem = f"{key} is decided by the ablation (set it with --set)"
         if problem:
             problems.append(f"{where}: {problem}")
-    return Variant(label, overrides)
+    return Variant(label, overrides, needs)

@@ -116,6 +116,8 @@ def run_ablation(
         action, error = broadcast(decide(run) if main else None, runtime)
         if action == "skip":
             continue
+        if error is None and action == "start":
+            error = missing_init(run)
         if error is None:
             if main:
                 _announce(run, action, number, len(selected))
@@ -129,6 +131,15 @@ def run_ablation(
             write_results(ablation, rows)
             show_table(ablation, rows)
     return _finish(ablation, selected, failures, main)
+
+
+def missing_init(run: Run) -> str | None:
+    """Why a run cannot start: the checkpoint its ``model.init`` names is not there yet."""
+    init = run.config.model.init
+    if init is None or init.is_file():
+        return None
+    make = f": make it with `{run.variant.needs}`" if run.variant.needs else ""
+    return f"model.init {init} does not exist yet{make}"
 
 
 def _announce(run: Run, action: str, number: int, total: int) -> None:

@@ -46,6 +46,7 @@ def _register() -> None:
         eval,
         predict,
         preprocess,
+        pretrain,
         synthesize,
         train,
     )

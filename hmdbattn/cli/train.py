@@ -36,6 +36,10 @@ def dry_run(cfg: Config, json_out: bool) -> None:
         "token_grid": list(grid),
         "tokens": grid[0] * grid[1] * grid[2],
     }
+    if cfg.model.init is not None:
+        from hmdbattn.models.init import plan_init
+
+        summary["init"] = plan_init(cfg)
     if json_out:
         print_json(summary)
     else:

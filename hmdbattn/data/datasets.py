@@ -29,7 +29,7 @@ from hmdbattn.config import Config, DataConfig
 from hmdbattn.data.cache import MANIFEST_NAME, CachedVideo, Manifest, cache_file, load_manifest
 from hmdbattn.data.clips import eval_windows, train_clip_indices
 from hmdbattn.data.decode import DecodeError, probe
-from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, scan_dataset
+from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, per_class, scan_dataset
 from hmdbattn.data.video import decode_window, spaced_frames
 from hmdbattn.errors import UserError
 
@@ -255,6 +255,13 @@ def _subset(index: DatasetIndex, split: int, subset: str) -> tuple[list[Video], 
     return index.subset(split, subset), missing
 
 
+def _train_choice(data: DataConfig, subset: str, videos: list[Video]) -> list[Video]:
+    """``data.train_per_class`` videos per class of the training subset (all when 0)."""
+    if subset != "train" or not data.train_per_class:
+        return videos
+    return per_class(videos, data.train_per_class, data.subset_seed)
+
+
 def _from_cache(
     data: DataConfig, videos: list[Video], classes: list[str], manifest: Manifest
 ) -> tuple[list[ClipVideo], list[Excluded]]:
@@ -304,6 +311,7 @@ def resolve_videos(
     """
     data = config.data
     videos, excluded = _subset(index, data.split, subset)
+    videos = _train_choice(data, subset, videos)
     if data.source == "cache":
         manifest = manifest if manifest is not None else open_cache(data)
         usable, more = _from_cache(data, videos, index.classes, manifest)

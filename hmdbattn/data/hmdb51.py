@@ -8,6 +8,7 @@ Layout on disk (the real dataset and the synthetic one alike)::
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,23 @@ class DatasetIndex:
         """The videos with `subset`'s id (train, test or unused) in `split`."""
         wanted = SUBSET_IDS[subset]
         return [v for v in self.videos if v.split_ids.get(split) == wanted]
+
+
+def per_class(videos: list[Video], count: int, seed: int) -> list[Video]:
+    """`count` videos of each class, chosen by `seed` (all of a class that has fewer).
+
+    The choice depends only on the names, the count and the seed: the same on every machine,
+    whatever order the files were listed in.
+    """
+    by_class: dict[str, list[Video]] = {}
+    for video in sorted(videos, key=lambda v: v.path):
+        by_class.setdefault(video.label, []).append(video)
+    chosen: list[Video] = []
+    for label in sorted(by_class):
+        pool = by_class[label]
+        rng = random.Random(f"{seed}/{label}")  # str seeds hash the same in every process
+        chosen += sorted(rng.sample(pool, min(count, len(pool))), key=lambda v: v.path)
+    return chosen
 
 
 def class_order(labels: set[str] | list[str]) -> list[str]:

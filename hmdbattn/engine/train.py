@@ -34,6 +34,7 @@ from hmdbattn.engine.precision import autocast, channels_last, fp16, memory_form
 from hmdbattn.engine.rundir import RunDir
 from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import VideoClassifier, build_model
+from hmdbattn.models.init import load_init
 from hmdbattn.report import err_console, print_excluded, progress
 
 CHECK_EVERY = 20  # steps between non-finite loss checks (each check syncs the device)
@@ -81,7 +82,12 @@ def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool)
             f"model.num_classes = {config.model.num_classes} but {config.data.root} has "
             f"{num_classes} classes: remove model.num_classes or fix it"
         )
-    model = build_model(config, num_classes).to(runtime.device)
+    model = build_model(config, num_classes)
+    if config.model.init is not None and not resume:  # a resumed run has its own weights
+        init = load_init(model, config.model.init, config.model.init_parts, data.classes)
+        if runtime.is_main:
+            err_console.print(init.line(), highlight=False)
+    model = model.to(runtime.device)
     if channels_last(config, runtime.device):
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = build_optimizer(model, config.train)
@@ -369,6 +375,7 @@ def train(
     trainer = build_trainer(config, run_dir, runtime, resume)
     if runtime.is_main:
         print_excluded(trainer.data.excluded)
+        record_train_choice(trainer)
     state = run_epochs(trainer, show_progress)
     sums = gather(checksum(trainer.model), runtime)
     if len(set(sums)) > 1:
@@ -377,6 +384,21 @@ def train(
         result = summary(state) | {"ranks": runtime.world_size, "rank_checksums": sums}
         RunDir(run_dir).write_result(result)
     return state
+
+
+def record_train_choice(trainer: Trainer) -> None:
+    """With ``data.train_per_class``, list the chosen training videos in the run directory."""
+    data = trainer.config.data
+    if not data.train_per_class:
+        return
+    videos = sorted(v.path for v in trainer.data.train.videos)
+    path = trainer.run_dir / "train_videos.txt"
+    atomic_write_text(path, "".join(f"{v}\n" for v in videos))
+    err_console.print(
+        f"training on {len(videos)} videos: data.train_per_class = {data.train_per_class} "
+        f"(data.subset_seed = {data.subset_seed}), listed in {path}",
+        highlight=False,
+    )
 
 
 def summary(state: RunState) -> dict[str, Any]:

@@ -37,6 +37,11 @@ class Backbone(nn.Module):
             if kept:
                 self.add_module(f"layer{layer}", nn.Sequential(*kept))
 
+    @property
+    def spatial_stride(self) -> int:
+        """Input pixels per feature-map cell: the stem halves H and W, blocks 3, 5 and 7 too."""
+        return 2 * 2 ** sum(self.num_blocks >= b for b in (3, 5, 7))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for module in self.children():
             x = module(x)

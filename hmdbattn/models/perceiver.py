@@ -140,7 +140,7 @@ class PerceiverHead(nn.Module):
 
     def __init__(self, c: ModelConfig, token_dim: int, num_classes: int) -> None:
         super().__init__()
-        self.c = c
+        self.c, self.token_dim = c, token_dim
         pos_dim = fourier_channels(c.num_freq_bands)
         if c.cross_layers > 0:
             self.cross = nn.ModuleList(
@@ -178,10 +178,17 @@ class PerceiverHead(nn.Module):
 
     def pooled(self, features: torch.Tensor) -> torch.Tensor:
         """The vector the classifier reads: (B, latent_dim)."""
-        tokens = self.tokens(features)  # (B, N, C + P)
+        cls, latents = self.encode(self.tokens(features))
+        return latents.mean(dim=1) if cls is None else cls[:, 0]  # (B, D)
+
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Tokens (B, N, C + P) -> the CLS output (B, 1, D) or None, and the latents (B, L, D).
+
+        `tokens` may be any subset of a clip's tokens (pretraining hides the masked ones).
+        """
         latents: torch.Tensor | None = None
         if self.c.cross_layers == 0:
-            c = features.shape[1]
+            c = self.token_dim
             latents = self.token_proj(tokens[..., :c]) + self.pos_proj(tokens[..., c:])  # (B, N, D)
         cls = None if self.cls is None else self.cls.expand(tokens.shape[0], -1, -1)  # (B, 1, D)
         for i, blocks in enumerate(self.blocks):
@@ -192,4 +199,4 @@ class PerceiverHead(nn.Module):
                 x = blocks(torch.cat([cls, latents], dim=1))  # (B, 1 + L, D)
                 cls, latents = x[:, :1], x[:, 1:]
         assert latents is not None
-        return latents.mean(dim=1) if cls is None else cls[:, 0]  # (B, D)
+        return cls, latents
