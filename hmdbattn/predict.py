@@ -43,7 +43,7 @@ from hmdbattn.data.clips import Span, cover, slide, window_frames
 from hmdbattn.data.decode import DecodeError
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.data.video import MEMORY_BUDGET, Chunked, InMemory, open_video
-from hmdbattn.engine.checkpoint import load_checkpoint
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import VideoClassifier, model_from_checkpoint
 from hmdbattn.timeline import Segment, segments

@@ -23,7 +23,7 @@ from hmdbattn.cli.predict import explain_paths
 from hmdbattn.data.clips import Span, eval_windows, slide
 from hmdbattn.data.synthetic import render_clip, sample_look
 from hmdbattn.data.video import Chunked, InMemory, constant_rate, open_video, target_size
-from hmdbattn.engine.checkpoint import load_checkpoint
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.train import train
 from hmdbattn.errors import UserError
