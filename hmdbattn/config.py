@@ -187,7 +187,7 @@ class ModelConfig(Section):
     )
     init_parts: list[Literal["backbone", "head", "classifier"]] | None = Field(
         None,
-        description="which parts model.init loads, e.g. [\"backbone\"]; unset = every part "
+        description='which parts model.init loads, e.g. ["backbone"]; unset = every part '
         "the checkpoint has (a part it lacks or that does not fit is an error)",
     )
 

@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.config import Config, DataConfig, load_config
 from hmdbattn.data.clips import Span, cover, slide, window_frames
 from hmdbattn.data.decode import DecodeError
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.data.video import MEMORY_BUDGET, Chunked, InMemory, open_video
-from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import VideoClassifier, model_from_checkpoint
 from hmdbattn.timeline import Segment, segments

@@ -105,7 +105,7 @@ def test_not_a_checkpoint_is_refused(tmp_path) -> None:
 
 
 def test_init_parts_needs_init() -> None:
-    with pytest.raises(ConfigError, match="model: .*init_parts is set but init is not"):
+    with pytest.raises(ConfigError, match=r"model: .*init_parts is set but init is not"):
         load_config(None, {"model.init_parts": ["backbone"]})
-    with pytest.raises(ConfigError, match="model.init_parts"):
+    with pytest.raises(ConfigError, match=r"model\.init_parts"):
         load_config(None, {"model.init": "x.pt", "model.init_parts": ["cnn"]})

@@ -19,11 +19,11 @@ from torch import nn
 from videofiles import moving_square_frames, write_avi, write_vfr, write_video
 
 from hmdbattn import load_config
+from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.cli.predict import explain_paths
 from hmdbattn.data.clips import Span, eval_windows, slide
 from hmdbattn.data.synthetic import render_clip, sample_look
 from hmdbattn.data.video import Chunked, InMemory, constant_rate, open_video, target_size
-from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.train import train
 from hmdbattn.errors import UserError

@@ -58,7 +58,9 @@ def test_tube_masks_hide_the_ratio_and_are_constant_over_time() -> None:
     assert masked_count(4, 0.99) == 3 and masked_count(4, 0.01) == 1
     hidden, visible = split_indices(over_time(mask, 4))
     assert hidden.shape == (5, 144) and visible.shape == (5, 48)
-    assert torch.equal(torch.cat([hidden, visible], 1).sort(1).values, torch.arange(192).expand(5, -1))
+    assert torch.equal(
+        torch.cat([hidden, visible], 1).sort(1).values, torch.arange(192).expand(5, -1)
+    )
     assert bool(over_time(mask, 4).gather(1, hidden).all())
 
 
@@ -112,7 +114,7 @@ def test_tokens_mode_keeps_the_cnn_frozen() -> None:
 
 def test_pretraining_needs_cross_attention() -> None:
     config = load_config(None, {**TINY, "model.head": "pool"})
-    with pytest.raises(UserError, match="model.head"):
+    with pytest.raises(UserError, match=r"model\.head"):
         build_pretrainer(build_model(config, 4), config)
 
 
@@ -146,7 +148,9 @@ def test_run_directory_loss_falls_and_test_videos_are_never_read(
 
 def test_fine_tuning_starts_from_the_pretrained_weights(tiny_dataset, tmp_path) -> None:
     with quiet():
-        pretrain(pretrain_config(tiny_dataset, tmp_path, "p", **{"train.epochs": 1}), tmp_path / "p", CPU)
+        pretrain(
+            pretrain_config(tiny_dataset, tmp_path, "p", **{"train.epochs": 1}), tmp_path / "p", CPU
+        )
         pretrained = load_checkpoint(tmp_path / "p" / "last.pt")["model"]
         keys = {"train.name": "ft", "train.epochs": 1, "train.lr": 1e-12}
         keys["model.init"] = str(tmp_path / "p" / "last.pt")
@@ -161,7 +165,13 @@ def test_fine_tuning_starts_from_the_pretrained_weights(tiny_dataset, tmp_path) 
 def _pretrain_cli(root: Path, out: Path, name: str) -> list[str]:
     keys = {"train.name": name, "train.epochs": 3, "train.lr": 3e-3, "pretrain.patch_size": 4}
     keys |= {"model.attn_dropout": 0.1, "model.ff_dropout": 0.1, "pretrain.pictures": 0}
-    return [sys.executable, "-m", "hmdbattn", "pretrain", *set_args(tiny_overrides(root, out, **keys))]
+    return [
+        sys.executable,
+        "-m",
+        "hmdbattn",
+        "pretrain",
+        *set_args(tiny_overrides(root, out, **keys)),
+    ]
 
 
 def test_killed_and_resumed_matches_uninterrupted(tiny_dataset, tmp_path) -> None:
@@ -196,6 +206,10 @@ def test_killed_and_resumed_matches_uninterrupted(tiny_dataset, tmp_path) -> Non
 def test_a_train_run_is_not_resumed_as_pretraining(tiny_dataset, tmp_path) -> None:
     keys = {"train.name": "t", "train.epochs": 1}
     with quiet():
-        train(load_config(None, tiny_overrides(tiny_dataset, tmp_path, **keys)), tmp_path / "t", CPU)
+        train(
+            load_config(None, tiny_overrides(tiny_dataset, tmp_path, **keys)), tmp_path / "t", CPU
+        )
+    before = (tmp_path / "t" / "config.toml").read_bytes()
     with pytest.raises(UserError, match="not a pretraining checkpoint"), quiet():
         pretrain(pretrain_config(tiny_dataset, tmp_path, "t"), tmp_path / "t", CPU, resume=True)
+    assert (tmp_path / "t" / "config.toml").read_bytes() == before

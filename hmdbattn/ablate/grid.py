@@ -25,7 +25,6 @@ class Variant:
     overrides: dict[str, Any]
     needs: str | None = None  # the command that makes what the variant starts from
 
-
     @property
     def slug(self) -> str:
         return slugify(self.label)

@@ -73,9 +73,7 @@ class PretrainRun:
 def pretrain_clips(config: Config) -> tuple[TrainClips, list[Excluded]]:
     """Training clips of every video in ``pretrain.subsets`` (labels are carried, never used)."""
     index = scan_dataset(Path(config.data.root))
-    data = config.model_copy(
-        update={"data": config.data.model_copy(update={"train_per_class": 0})}
-    )
+    data = config.model_copy(update={"data": config.data.model_copy(update={"train_per_class": 0})})
     videos, excluded = [], []
     for subset in config.pretrain.subsets:
         usable, left_out = resolve_videos(data, index, subset)
@@ -120,10 +118,15 @@ def build_run(config: Config, run_dir: Path, runtime: Runtime, resume: bool) -> 
     return run
 
 
+def check_kind(ckpt: dict[str, Any], path: Path) -> None:
+    """A UserError unless `ckpt` was written by `pretrain`."""
+    if ckpt.get("kind") != "pretrain":
+        raise UserError(f"{path}: not a pretraining checkpoint (made by `hmdbattn train`?)")
+
+
 def restore(run: PretrainRun, ckpt: dict[str, Any]) -> None:
     """Continue where `ckpt` stopped: weights, decoder, optimiser, scaler, counters, RNG."""
-    if ckpt.get("kind") != "pretrain":
-        raise UserError(f"{run.run.last}: not a pretraining checkpoint (made by `hmdbattn train`?)")
+    check_kind(ckpt, run.run.last)
     run.pretrainer.load_states(ckpt["model"], ckpt["decoder"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scaler.load_state_dict(ckpt["scaler"])
@@ -267,13 +270,15 @@ def pretrain(
     config: Config, run_dir: Path, runtime: Runtime, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Pretrain (or resume) the run in `run_dir`; returns its summary (also ``result.json``)."""
+    if resume:  # before prepare rewrites config.toml: a `train` run is left as it was
+        check_kind(RunDir(run_dir).load_last(), RunDir(run_dir).last)
     RunDir(run_dir).prepare_on_main(config, runtime, resume, overwrite)
     run = build_run(config, run_dir, runtime, resume)
     if runtime.is_main:
         print_excluded(run.excluded)
         names = "".join(f"{v.path}\n" for v in run.clips.videos)
         atomic_write_text(run.run.path / "videos.txt", names)
-    state = run_epochs(run)
+    run_epochs(run)
     sums = gather(checksum(run.pretrainer), runtime)
     if len(set(sums)) > 1:
         raise RuntimeError(f"the ranks hold different weights after pretraining: {sums}")

@@ -33,6 +33,7 @@ from hmdbattn.engine.optim import Schedule, build_optimizer, cnn_frozen, mix_bat
 from hmdbattn.engine.precision import autocast, channels_last, fp16, memory_format
 from hmdbattn.engine.rundir import RunDir
 from hmdbattn.errors import UserError
+from hmdbattn.fileio import atomic_write_text
 from hmdbattn.models.classifier import VideoClassifier, build_model
 from hmdbattn.models.init import load_init
 from hmdbattn.report import err_console, print_excluded, progress

@@ -64,7 +64,9 @@ def _check_fits(
     hint = "; set model.init_parts to the parts that fit"
     if own and not theirs:
         first = next(iter(own))
-        raise UserError(f"model.init {source}: the checkpoint has no {part} weights ({first!r}){hint}")
+        raise UserError(
+            f"model.init {source}: the checkpoint has no {part} weights ({first!r}){hint}"
+        )
     for key, tensor in own.items():
         if key not in theirs:
             raise UserError(f"model.init {source}: {part} key {key!r} is missing{hint}")

@@ -152,7 +152,7 @@ class PixelPretrainer(Pretrainer):
         _check_divides("data.crop_size", d.crop_size, "pretrain.patch_size", self.p)
         _check_divides("data.num_frames", d.num_frames, "pretrain.patch_frames", self.tt)
         out = 3 * self.tt * self.p * self.p
-        dim = model.head.c.latent_dim  # type: ignore[union-attr]
+        dim = self.head.c.latent_dim
         self.decoder = Decoder(dim, self.pos_dim, pc.decoder_dim, pc.decoder_heads, out)
 
     def patches(self, clips: torch.Tensor) -> torch.Tensor:
@@ -177,7 +177,9 @@ class PixelPretrainer(Pretrainer):
         c = self.head.c
         positions = fourier_encode((t, h, w), c.num_freq_bands, c.max_freq, clips.device)
         hidden, _ = split_indices(over_time(mask, t))
-        return _decode_loss(self.decoder, context, positions, self.patches(clips), hidden, (t, h, w))
+        return _decode_loss(
+            self.decoder, context, positions, self.patches(clips), hidden, (t, h, w)
+        )
 
 
 class EmaPretrainer(Pretrainer):
@@ -188,7 +190,7 @@ class EmaPretrainer(Pretrainer):
         pc = config.pretrain
         self.factor = _cells_per_token(config, model)
         self.teacher = copy.deepcopy(model.backbone).requires_grad_(False).eval()
-        channels, dim = model.backbone.out_channels, model.head.c.latent_dim  # type: ignore[union-attr]
+        channels, dim = model.backbone.out_channels, self.head.c.latent_dim
         self.decoder = Decoder(dim, self.pos_dim, pc.decoder_dim, pc.decoder_heads, channels)
 
     def train(self, mode: bool = True) -> EmaPretrainer:
@@ -226,7 +228,7 @@ class TokenPretrainer(Pretrainer):
         super().__init__(model, config)
         pc = config.pretrain
         model.backbone.requires_grad_(False)
-        channels, dim = model.backbone.out_channels, model.head.c.latent_dim  # type: ignore[union-attr]
+        channels, dim = model.backbone.out_channels, self.head.c.latent_dim
         self.decoder = Decoder(dim, self.pos_dim, pc.decoder_dim, pc.decoder_heads, channels)
 
     def train(self, mode: bool = True) -> TokenPretrainer:
