@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from hmdbattn.data import hmdb51
 from hmdbattn.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -111,6 +112,11 @@ class DataConfig(Section):
     def cache_path(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.root / "cache"
 
+    @property
+    def videos_dir(self) -> Path:
+        """``<root>/videos``: the folder the dataset's video paths are relative to."""
+        return hmdb51.videos_dir(self.root)
+
 
 class ModelConfig(Section):
     """The CNN trunk and the head on top of it (reference.md section 1)."""
@@ -187,7 +193,7 @@ class ModelConfig(Section):
     )
     init_parts: list[Literal["backbone", "head", "classifier"]] | None = Field(
         None,
-        description="which parts model.init loads, e.g. [\"backbone\"]; unset = every part "
+        description='which parts model.init loads, e.g. ["backbone"]; unset = every part '
         "the checkpoint has (a part it lacks or that does not fit is an error)",
     )
 
