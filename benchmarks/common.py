@@ -45,6 +45,7 @@ from hmdbattn.engine.precision import autocast
 from hmdbattn.engine.train import StepParts, train_step
 from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import build_model, clip_profile
+from hmdbattn.report import quiet
 
 REPO = Path(__file__).resolve().parents[1]
 HMDB51_TOML = REPO / "configs" / "hmdb51.toml"
@@ -502,7 +503,8 @@ def ensure_dataset(root: Path, videos: int) -> Path:
         make_videos(root, videos)
         # In this process: spawning workers (each importing torch) costs more than a few dozen
         # short videos.
-        preprocess(Config(data={"root": root}), workers=0, show_progress=False)
+        with quiet():
+            preprocess(Config(data={"root": root}), workers=0)
     return root
 
 
