@@ -45,6 +45,7 @@ from hmdbattn.engine.precision import autocast
 from hmdbattn.engine.train import StepParts, train_step
 from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import build_model, clip_profile
+from hmdbattn.report import quiet
 
 REPO = Path(__file__).resolve().parents[1]
 HMDB51_TOML = REPO / "configs" / "hmdb51.toml"
@@ -498,11 +499,13 @@ def ensure_dataset(root: Path, videos: int) -> Path:
     Made like benchmarks/loader.py makes it: 320x240 MPEG-4 AVIs of about 4 s at 30 fps, cached
     at the default resize 128x171, JPEG quality 90.
     """
-    if not (root / "cache" / MANIFEST_NAME).is_file():
+    config = Config(data={"root": root})
+    if not (config.data.cache_path / MANIFEST_NAME).is_file():
         make_videos(root, videos)
         # In this process: spawning workers (each importing torch) costs more than a few dozen
         # short videos.
-        preprocess(Config(data={"root": root}), workers=0, show_progress=False)
+        with quiet():
+            preprocess(config, workers=0)
     return root
 
 

@@ -37,6 +37,7 @@ from hmdbattn.data.preprocess import preprocess
 from hmdbattn.data.synthetic import generate
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 BATCH = 8
 
@@ -45,7 +46,8 @@ def make_videos(root: Path, videos: int) -> None:
     """`videos` synthetic clips of 4 s +-25% in 4 classes (kept if already there)."""
     classes = 4 if videos >= 16 else 2
     per_class = max(4, -(-videos // classes))  # 4 per class keeps every split subset non-empty
-    generate(root, classes=classes, videos_per_class=per_class, seconds=4.0, show_progress=False)
+    with quiet():
+        generate(root, classes=classes, videos_per_class=per_class, seconds=4.0)
 
 
 def config_for(root: Path, source: str, workers: int) -> Config:
@@ -124,7 +126,8 @@ def run(root: Path, videos: int, seconds: float) -> tuple[float, float]:
     make_videos(root, videos)
     # In this process: spawning preprocess workers (each importing torch) costs more than
     # caching a few dozen short videos.
-    summary = preprocess(config_for(root, "cache", 0), workers=0, show_progress=False)
+    with quiet():
+        summary = preprocess(config_for(root, "cache", 0), workers=0)
     frames = sum(v.frames for v in all_videos(config_for(root, "cache", 0)))
     print(
         f"{summary.ok} videos ({frames} frames), batch {BATCH}, 16 frames / 2 s, "

@@ -109,13 +109,15 @@ def make_checkpoint(folder: Path) -> Path:
     from hmdbattn.data.synthetic import generate
     from hmdbattn.engine.distributed import Runtime
     from hmdbattn.engine.train import train
+    from hmdbattn.report import quiet
 
     root = folder / "synthetic"
-    generate(root, classes=2, videos_per_class=3, seconds=1.0, show_progress=False)
     overrides = {**SMALL_MODEL, "data.root": str(root), "train.out_dir": str(folder / "runs")}
     config = load_config(None, {**overrides, "train.name": "small"})
-    preprocess(config, workers=0, show_progress=False)
-    train(config, folder / "runs" / "small", Runtime(torch.device("cpu")), show_progress=False)
+    with quiet():
+        generate(root, classes=2, videos_per_class=3, seconds=1.0)
+        preprocess(config, workers=0)
+        train(config, folder / "runs" / "small", Runtime(torch.device("cpu")))
     return folder / "runs" / "small" / "best.pt"
 
 

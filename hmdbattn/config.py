@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from hmdbattn.data import hmdb51
 from hmdbattn.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -110,6 +111,11 @@ class DataConfig(Section):
     @property
     def cache_path(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.root / "cache"
+
+    @property
+    def videos_dir(self) -> Path:
+        """``<root>/videos``: the folder the dataset's video paths are relative to."""
+        return hmdb51.videos_dir(self.root)
 
 
 class ModelConfig(Section):

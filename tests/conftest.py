@@ -59,12 +59,12 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hmdbattn import load_config
     from hmdbattn.data.preprocess import preprocess
     from hmdbattn.data.synthetic import generate
+    from hmdbattn.report import quiet
 
     root = tmp_path_factory.mktemp("tiny") / "synthetic"
-    generate(
-        root, classes=4, videos_per_class=8, seconds=1.0, size=(64, 48), fps=15, show_progress=False
-    )
-    preprocess(load_config(None, tiny_overrides(root, root)), workers=0, show_progress=False)
+    with quiet():
+        generate(root, classes=4, videos_per_class=8, seconds=1.0, size=(64, 48), fps=15)
+        preprocess(load_config(None, tiny_overrides(root, root)), workers=0)
     return root
 
 

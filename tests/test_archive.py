@@ -10,9 +10,10 @@ import pytest
 from rar4 import directory, file, mini_hmdb51, rar4_bytes, symlink, write_rar4
 
 from hmdbattn.data import archive
-from hmdbattn.data.archive import extract_archive, extract_splits, extract_videos
+from hmdbattn.data.archive import ExtractResult, extract_archive, extract_splits, extract_videos
 from hmdbattn.data.verify import HMDB51_EXPECTED, Expected, verify_dataset
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 
 def files_under(path: Path) -> dict[str, bytes]:
@@ -26,9 +27,15 @@ def mini(tmp_path: Path) -> tuple[Path, Expected]:
     return tmp_path / "src", Expected(**mini_hmdb51(tmp_path / "src"))
 
 
+def quiet_extract_videos(archive: Path, root: Path) -> ExtractResult:
+    """`extract_videos` without its progress bar."""
+    with quiet():
+        return extract_videos(archive, root)
+
+
 def extract_mini(src: Path, root: Path) -> None:
     extract_splits(src / "test_train_splits.rar", root)
-    extract_videos(src / "hmdb51_org.rar", root, show_progress=False)
+    quiet_extract_videos(src / "hmdb51_org.rar", root)
 
 
 def test_rar4_writer_is_read_by_libarchive(tmp_path: Path) -> None:
@@ -59,7 +66,7 @@ def test_hmdb51_layout(tmp_path: Path, mini: tuple[Path, Expected]) -> None:
     src, _ = mini
     root = tmp_path / "root"
     splits = extract_splits(src / "test_train_splits.rar", root)
-    videos = extract_videos(src / "hmdb51_org.rar", root, show_progress=False)
+    videos = quiet_extract_videos(src / "hmdb51_org.rar", root)
     assert (splits.written, videos.written) == (6, 10)
     assert sorted(p.name for p in (root / "splits").iterdir()) == sorted(
         f"{c}_test_split{k}.txt" for c in ("brush_hair", "cartwheel") for k in (1, 2, 3)
@@ -111,7 +118,7 @@ def test_hostile_member_inside_a_class_rar(tmp_path: Path) -> None:
     inner = [directory("kiss"), file("kiss/a.avi", b"a"), file("../../evil.avi", b"evil")]
     outer = write_rar4(tmp_path / "src" / "hmdb51_org.rar", [file("kiss.rar", rar4_bytes(inner))])
     with pytest.raises(UserError, match=r"kiss\.rar: refusing member '\.\./\.\./evil\.avi'"):
-        extract_videos(outer, tmp_path / "r" / "root", show_progress=False)
+        quiet_extract_videos(outer, tmp_path / "r" / "root")
     assert not list(tmp_path.rglob("evil.avi"))
 
 
@@ -120,7 +127,7 @@ def test_second_run_skips(tmp_path: Path, mini: tuple[Path, Expected]) -> None:
     root = tmp_path / "root"
     extract_mini(src, root)
     stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    assert extract_videos(src / "hmdb51_org.rar", root, show_progress=False).skipped
+    assert quiet_extract_videos(src / "hmdb51_org.rar", root).skipped
     assert extract_splits(src / "test_train_splits.rar", root).skipped
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
 
@@ -148,12 +155,12 @@ def test_interrupted_extraction_completes(
 
     monkeypatch.setattr(archive, "_save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        extract_videos(src / "hmdb51_org.rar", root, show_progress=False)
+        quiet_extract_videos(src / "hmdb51_org.rar", root)
     monkeypatch.setattr(archive, "_save", save)
     survivors = {p: p.stat().st_ino for p in (root / "videos").rglob("*.avi")}
     assert len(survivors) == 6
 
-    result = extract_videos(src / "hmdb51_org.rar", root, show_progress=False)
+    result = quiet_extract_videos(src / "hmdb51_org.rar", root)
     # Class 1 is skipped whole; in class 2 the finished video is kept and 4 are written.
     assert (result.written, result.kept, result.skipped) == (4, 1, False)
     assert {p: p.stat().st_ino for p in survivors} == survivors

@@ -24,6 +24,7 @@ from hmdbattn.data.datasets import (
 )
 from hmdbattn.data.preprocess import preprocess
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 CLASSES = ("jump", "wave")
 # (class, name, frames, split-1 id); 30 fps, windows of 1 s = 30 frames
@@ -82,7 +83,8 @@ def config_for(root: Path, **data: object) -> Config:
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hmdb")
     make_dataset(root)
-    preprocess(config_for(root), workers=0, show_progress=False)
+    with quiet():
+        preprocess(config_for(root), workers=0)
     return root
 
 

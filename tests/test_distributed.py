@@ -15,6 +15,7 @@ from conftest import set_args, tiny_overrides
 
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.evaluate import evaluate_checkpoint
+from hmdbattn.report import quiet
 
 CPU_RUNTIME = Runtime(torch.device("cpu"))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -49,9 +50,8 @@ def test_two_ranks_train_one_model(ddp_run: Path) -> None:
 def test_distributed_eval_equals_single_process_eval(ddp_run: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "best.pt"
     shutil.copy(ddp_run / "best.pt", checkpoint)
-    single = evaluate_checkpoint(
-        checkpoint, runtime=Runtime(torch.device("cpu")), show_progress=False
-    ).to_dict()
+    with quiet():
+        single = evaluate_checkpoint(checkpoint, runtime=Runtime(torch.device("cpu"))).to_dict()
     run = subprocess.run(
         [*TORCHRUN, "-m", "hmdbattn", "eval", "--checkpoint", str(checkpoint), "--json"],
         capture_output=True,

@@ -31,6 +31,7 @@ from hmdbattn.data.download import (
 )
 from hmdbattn.data.verify import Expected
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 DATA = bytes(range(256)) * 4096  # 1 MiB: several read chunks
 DATA_MD5 = hashlib.md5(DATA).hexdigest()
@@ -38,9 +39,8 @@ DATA_MD5 = hashlib.md5(DATA).hexdigest()
 
 def fetch(urls: list[str], dest: Path, md5: str = DATA_MD5, timeout: float = 2.0) -> FetchResult:
     """download_file with few retries, a tiny back-off and no progress bar: fast tests."""
-    return download_file(
-        urls, dest, md5, retries=2, timeout=timeout, backoff=0.01, show_progress=False
-    )
+    with quiet():
+        return download_file(urls, dest, md5, retries=2, timeout=timeout, backoff=0.01)
 
 
 @dataclass
@@ -214,8 +214,8 @@ def test_unreachable_mirrors_give_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "archives").mkdir()
     (tmp_path / "archives" / "test_train_splits.rar").write_bytes(DATA)
     start = time.monotonic()
-    with pytest.raises(UserError) as info:
-        fetch_archives(cfg, tmp_path / "archives", backoff=0.01, show_progress=False)
+    with quiet(), pytest.raises(UserError) as info:
+        fetch_archives(cfg, tmp_path / "archives", backoff=0.01)
     assert time.monotonic() - start < 5
     message = str(info.value)
     assert "\n" not in message
@@ -267,14 +267,15 @@ def test_kinetics_weights_offline_says_where_to_put_the_file(
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(R2Plus1D_18_Weights, "get_state_dict", offline)
-    with pytest.raises(UserError) as info:
-        fetch_kinetics_weights(show_progress=False)
+    with quiet(), pytest.raises(UserError) as info:
+        fetch_kinetics_weights()
     message = str(info.value)
     assert str(tmp_path / "hub" / "checkpoints" / "r2plus1d_18-91a641e6.pth") in message
     assert "name resolution" in message and "by hand" in message
 
     monkeypatch.setattr(R2Plus1D_18_Weights, "get_state_dict", lambda self, **kw: {})
-    path = fetch_kinetics_weights(show_progress=False)
+    with quiet():
+        path = fetch_kinetics_weights()
     assert path == tmp_path / "hub" / "checkpoints" / "r2plus1d_18-91a641e6.pth"
 
 

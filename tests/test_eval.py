@@ -17,6 +17,7 @@ from hmdbattn.data.preprocess import preprocess
 from hmdbattn.engine.distributed import Runtime
 from hmdbattn.engine.evaluate import evaluate_checkpoint
 from hmdbattn.engine.train import train
+from hmdbattn.report import quiet
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -91,12 +92,13 @@ def test_eval_counts_and_lists_videos_that_failed(runs: Path, tiny_dataset: Path
     )
     broken = next((root / "videos").rglob(test_entry))
     broken.write_bytes(b"not a video")
-    clean = evaluate_checkpoint(runs / "tiny-split1" / "best.pt", runtime=CPU, show_progress=False)
     config = load_config(runs / "tiny-split1" / "config.toml", {"data.root": str(root)})
-    preprocess(config, workers=0, show_progress=False)
-    result = evaluate_checkpoint(
-        runs / "tiny-split1" / "best.pt", None, [f"data.root={root}"], CPU, show_progress=False
-    )
+    with quiet():
+        clean = evaluate_checkpoint(runs / "tiny-split1" / "best.pt", runtime=CPU)
+        preprocess(config, workers=0)
+        result = evaluate_checkpoint(
+            runs / "tiny-split1" / "best.pt", None, [f"data.root={root}"], CPU
+        )
     assert [path for path, _ in result.excluded] == [f"{broken.parent.name}/{broken.name}"]
     assert result.metrics.num_videos == clean.metrics.num_videos - 1
     cli = hmdbattn(
@@ -107,8 +109,9 @@ def test_eval_counts_and_lists_videos_that_failed(runs: Path, tiny_dataset: Path
 
 def test_time_reversed_clips_change_the_scores(runs: Path) -> None:
     checkpoint = runs / "tiny-split1" / "best.pt"
-    forward = evaluate_checkpoint(checkpoint, runtime=CPU, show_progress=False)
-    backward = evaluate_checkpoint(checkpoint, runtime=CPU, time_reversed=True, show_progress=False)
+    with quiet():
+        forward = evaluate_checkpoint(checkpoint, runtime=CPU)
+        backward = evaluate_checkpoint(checkpoint, runtime=CPU, time_reversed=True)
     assert forward.loss != backward.loss
     assert (checkpoint.parent / "eval-reversed.json").exists()
 
@@ -140,5 +143,6 @@ def test_foreign_checkpoints_are_refused_in_one_line(kind: str, tmp_path: Path) 
 
 def test_train_from_python_returns_history(tiny_dataset: Path, tmp_path: Path) -> None:
     config = load_config(None, tiny_overrides(tiny_dataset, tmp_path, **{"train.epochs": 1}))
-    state = train(config, tmp_path / "py", CPU, show_progress=False)
+    with quiet():
+        state = train(config, tmp_path / "py", CPU)
     assert len(state.history) == 1 and state.best_epoch == 1

@@ -18,6 +18,7 @@ from hmdbattn.data import preprocess as pre
 from hmdbattn.data.cache import CachedVideo, cache_file, load_manifest
 from hmdbattn.data.decode import decode_video
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 GOOD = {
     "clap/good_a.avi": 30,
@@ -74,6 +75,12 @@ def _config(root: Path, cache: Path, **extra: object) -> Config:
     return load_config(overrides=overrides)
 
 
+def quiet_preprocess(config: Config, min_frames: int = 1) -> pre.PreprocessSummary:
+    """`preprocess` in this process without a progress bar."""
+    with quiet():
+        return pre.preprocess(config, min_frames=min_frames)
+
+
 def _assert_reasons(got: dict[str, str]) -> None:
     assert sorted(got) == sorted(FAILED)
     for name, reason in got.items():
@@ -90,12 +97,12 @@ def _cache_bytes(cache: Path) -> dict[str, bytes]:
 def reference(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An uninterrupted in-process run."""
     cache = tmp_path_factory.mktemp("reference")
-    pre.preprocess(_config(dataset, cache), show_progress=False)
+    quiet_preprocess(_config(dataset, cache))
     return cache
 
 
 def test_every_problem_is_named_and_good_videos_cached(dataset: Path, tmp_path: Path) -> None:
-    summary = pre.preprocess(_config(dataset, tmp_path), show_progress=False)
+    summary = quiet_preprocess(_config(dataset, tmp_path))
     assert (summary.total, summary.ok, summary.skipped) == (11, 5, 0)
     assert (summary.failed, summary.missing) == (4, 2)
     _assert_reasons({p.path: p.reason for p in summary.failed_files})
@@ -123,7 +130,7 @@ def test_every_problem_is_named_and_good_videos_cached(dataset: Path, tmp_path: 
 def test_rerun_of_a_finished_cache_skips_everything(reference: Path, dataset: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in (reference / "videos").rglob("*.jpgs")}
     started = time.perf_counter()
-    summary = pre.preprocess(_config(dataset, reference), show_progress=False)
+    summary = quiet_preprocess(_config(dataset, reference))
     assert time.perf_counter() - started < 3
     assert summary.skipped == summary.ok == 5
     assert summary.cached == 0
@@ -146,7 +153,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(
     with monkeypatch.context() as patch:
         patch.setattr(pre, "cache_one", dies_on_the_sixth)
         with pytest.raises(KeyboardInterrupt):
-            pre.preprocess(config, show_progress=False)
+            quiet_preprocess(config)
     # What a kill -9 adds: a video cached after the last manifest write (its entry dropped
     # here), one cached but never recorded, and a half-written temporary file.
     manifest = load_manifest(tmp_path)
@@ -158,14 +165,14 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(
     leftover = cache_file(tmp_path, tasks[0].rel_path).with_name(".x.jpgs.123.tmp")
     leftover.write_bytes(b"HMDBJPG1")
 
-    summary = pre.preprocess(config, show_progress=False)
+    summary = quiet_preprocess(config)
     assert summary.skipped == len(recorded) - 1
     assert load_manifest(tmp_path).videos == load_manifest(reference).videos
     assert _cache_bytes(tmp_path) == _cache_bytes(reference)
 
 
 def test_too_short_videos_fail(dataset: Path, tmp_path: Path) -> None:
-    summary = pre.preprocess(_config(dataset, tmp_path), show_progress=False, min_frames=25)
+    summary = quiet_preprocess(_config(dataset, tmp_path), min_frames=25)
     reasons = {p.path: p.reason for p in summary.failed_files}
     assert reasons["wave/good_b.avi"] == "too short: 20 frame(s), at least 25"
     assert "clap/good_a.avi" not in reasons
@@ -219,4 +226,4 @@ def test_unwritable_cache_dir_is_a_user_error(dataset: Path, tmp_path: Path) -> 
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(UserError, match="cannot write the cache in"):
-        pre.preprocess(_config(dataset, blocker / "cache"), show_progress=False)
+        quiet_preprocess(_config(dataset, blocker / "cache"))

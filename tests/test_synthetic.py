@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,25 +30,30 @@ from hmdbattn.data.synthetic import (
     video_name,
 )
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 QUIRKS = "()&'!-"
 
 
-def tiny(root: Path, seed: int, **overrides: Any) -> SyntheticSummary:
-    """A dataset small enough to generate many times: 2 classes x 3 videos of 48x32."""
+def tiny(root: Path, seed: int, loud: bool = False, **overrides: Any) -> SyntheticSummary:
+    """A dataset small enough to generate many times: 2 classes x 3 videos of 48x32.
+
+    Quiet unless `loud` (then the progress bar runs too).
+    """
     args: dict[str, Any] = {"classes": 2, "videos_per_class": 3, "seconds": 0.5}
-    args.update({"size": (48, 32), "fps": 10, "show_progress": False, **overrides})
-    return generate(root, seed=seed, **args)
+    args.update({"size": (48, 32), "fps": 10, **overrides})
+    with contextlib.nullcontext() if loud else quiet():
+        return generate(root, seed=seed, **args)
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticSummary:
     """4 classes x 6 videos, 1 s of 96x72 at 15 fps, seed 3."""
     root = tmp_path_factory.mktemp("synthetic")
-    return generate(
-        root, classes=4, videos_per_class=6, seconds=1.0, size=(96, 72), fps=15, seed=3,
-        show_progress=False,
-    )  # fmt: skip
+    with quiet():
+        return generate(
+            root, classes=4, videos_per_class=6, seconds=1.0, size=(96, 72), fps=15, seed=3
+        )
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -157,7 +163,7 @@ def test_frame_count_jitters_and_keeps_one_second() -> None:
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
-    first = tiny(tmp_path / "a", 7, show_progress=True)
+    first = tiny(tmp_path / "a", 7, loud=True)
     tiny(tmp_path / "b", 7, workers=2)  # worker processes write the very same files
     tiny(tmp_path / "c", 8)
     a, b, c = (tree_bytes(tmp_path / name) for name in "abc")

@@ -26,6 +26,7 @@ from hmdbattn.engine.precision import fp16, memory_format, resolve_amp
 from hmdbattn.engine.rundir import RunDir, run_dirs
 from hmdbattn.engine.train import StepParts, train, train_step
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 CPU = Runtime(torch.device("cpu"))
 TIMING = ("seconds", "clips_per_s")
@@ -33,7 +34,8 @@ TIMING = ("seconds", "clips_per_s")
 
 def run(root: Path, out: Path, name: str, **extra: object):
     config = load_config(None, tiny_overrides(root, out, **{"train.name": name, **extra}))
-    return train(config, out / name, CPU, show_progress=False)
+    with quiet():
+        return train(config, out / name, CPU)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -103,8 +105,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, 
     run(tiny_dataset, tmp_path, "nan", **{"train.epochs": 1})
     before = (tmp_path / "nan" / "last.pt").read_bytes()
     config = load_config(tmp_path / "nan" / "config.toml", {"train.epochs": 3, "train.lr": 1e30})
-    with pytest.raises(UserError, match=r"non-finite.*last good checkpoint"):
-        train(config, tmp_path / "nan", CPU, resume=True, show_progress=False)
+    with quiet(), pytest.raises(UserError, match=r"non-finite.*last good checkpoint"):
+        train(config, tmp_path / "nan", CPU, resume=True)
     assert (tmp_path / "nan" / "last.pt").read_bytes() == before
 
 

@@ -97,7 +97,6 @@ def run_ablation(
     ablation: Ablation,
     runtime: Any,
     only: Sequence[str] = (),
-    show_progress: bool = True,
 ) -> Outcome:
     """Train every selected run not finished yet (resuming interrupted ones), in grid order.
 
@@ -121,7 +120,7 @@ def run_ablation(
         if error is None:
             if main:
                 _announce(run, action, number, len(selected))
-            error = _train(run, runtime, action == "resume", show_progress)
+            error = _train(run, runtime, action == "resume")
         if error is not None:
             failures[run.run_dir] = error
             if main:
@@ -152,11 +151,11 @@ def _announce(run: Run, action: str, number: int, total: int) -> None:
     )
 
 
-def _train(run: Run, runtime: Any, resume: bool, show_progress: bool) -> str | None:
+def _train(run: Run, runtime: Any, resume: bool) -> str | None:
     from hmdbattn.engine.train import train
 
     try:
-        train(run.config, run.run_dir, runtime, resume=resume, show_progress=show_progress)
+        train(run.config, run.run_dir, runtime, resume=resume)
     except UserError as exc:
         return str(exc)
     return None

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from hmdbattn.data.download import byte_progress
+from hmdbattn.data.hmdb51 import splits_dir, videos_dir
 from hmdbattn.errors import UserError
 
 STATE_DIR = ".extract"
@@ -189,22 +190,20 @@ def _archive_size(archive: Path) -> int:
         raise UserError(f"{archive}: archive not found ({exc.strerror or exc})") from None
 
 
-def extract_videos(
-    archive: Path, root: Path, *, show_progress: bool = True, force: bool = False
-) -> ExtractResult:
+def extract_videos(archive: Path, root: Path, *, force: bool = False) -> ExtractResult:
     """Extract ``hmdb51_org.rar`` (one RAR per class) into ``<root>/videos/<class>/*.avi``.
 
     Each inner RAR is saved under ``<root>/.extract/tmp/``, extracted and removed; inner RARs
     finished by an interrupted earlier run are not extracted again unless `force` is set.
     """
-    dest, state = root / "videos", root / STATE_DIR / "videos"
+    dest, state = videos_dir(root), root / STATE_DIR / "videos"
     tmp = root / STATE_DIR / "tmp"
     marker, size = _marker(state, archive.name), _archive_size(archive)
     result = ExtractResult(archive, dest)
     if not force and _is_done(marker, size, dest):
         result.skipped = True
         return result
-    with byte_progress(show_progress) as bar, _entries(archive) as entries:
+    with byte_progress() as bar, _entries(archive) as entries:
         task = bar.add_task(f"extracting {archive.name}", total=size) if bar else None
         for entry in entries:
             _check_type(archive, entry)
@@ -235,4 +234,4 @@ def _extract_inner(
 def extract_splits(archive: Path, root: Path, *, force: bool = False) -> ExtractResult:
     """Extract ``test_train_splits.rar`` into ``<root>/splits/*.txt`` (its folder flattened)."""
     state = root / STATE_DIR / "splits"
-    return extract_archive(archive, root / "splits", flatten=True, state_dir=state, force=force)
+    return extract_archive(archive, splits_dir(root), flatten=True, state_dir=state, force=force)

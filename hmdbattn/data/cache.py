@@ -86,12 +86,17 @@ def _pil_decode(data: bytes) -> np.ndarray:  # pragma: no cover - the fallback a
         return np.asarray(image.convert("RGB"))
 
 
+def cached_videos_dir(cache_dir: Path) -> Path:
+    """``<cache_dir>/videos``: the cache's frame files, one folder per class."""
+    return cache_dir / "videos"
+
+
 def cache_file(cache_dir: Path, rel_path: str) -> Path:
     """Where the frames of video `rel_path` (``<class>/<name>.avi``) are cached."""
     rel = PurePosixPath(rel_path)
     if rel.is_absolute() or ".." in rel.parts or not rel.name:
         raise ValueError(f"{rel_path!r}: expected a path relative to the videos folder")
-    return Path(cache_dir, "videos", *rel.parent.parts, rel.stem + SUFFIX)
+    return cached_videos_dir(cache_dir).joinpath(*rel.parent.parts, rel.stem + SUFFIX)
 
 
 def _atomic_write(path: Path, data: Sequence[bytes | memoryview], sync: bool = False) -> int:
@@ -283,12 +288,11 @@ class Manifest:
     def save(self, cache_dir: Path) -> None:
         """Write ``<cache_dir>/manifest.json`` atomically (and durably: it is small)."""
         text = json.dumps(self.to_json(), indent=1) + "\n"
-        _atomic_write(Path(cache_dir) / MANIFEST_NAME, [text.encode("utf-8")], sync=True)
+        _atomic_write(cache_dir / MANIFEST_NAME, [text.encode("utf-8")], sync=True)
 
 
 def load_manifest(cache_dir: Path) -> Manifest:
     """Read ``<cache_dir>/manifest.json``; a UserError when there is none or it is damaged."""
-    cache_dir = Path(cache_dir)
     path = cache_dir / MANIFEST_NAME
     if not path.is_file():
         raise UserError(f"no cache at {cache_dir}: run `hmdbattn preprocess --config FILE`")

@@ -63,7 +63,7 @@ class FrameReader:
 
     def __init__(self, data: DataConfig) -> None:
         self.source = data.source
-        self.videos_dir = Path(data.root) / "videos"
+        self.videos_dir = data.videos_dir
         self.cache_dir = data.cache_path
         self.resize = data.resize
         self._readers: OrderedDict[str, CachedVideo] = OrderedDict()
@@ -284,13 +284,13 @@ def _from_cache(
 
 
 def _from_videos(
-    data: DataConfig, videos: list[Video], classes: list[str]
+    videos_dir: Path, videos: list[Video], classes: list[str]
 ) -> tuple[list[ClipVideo], list[Excluded]]:
     usable: list[ClipVideo] = []
     excluded: list[Excluded] = []
     for video in videos:
         try:
-            info = probe(Path(data.root) / "videos" / video.path)
+            info = probe(videos_dir / video.path)
         except DecodeError as exc:
             excluded.append(Excluded(video.path, f"cannot read: {exc}"))
             continue
@@ -316,7 +316,7 @@ def resolve_videos(
         manifest = manifest if manifest is not None else open_cache(data)
         usable, more = _from_cache(data, videos, index.classes, manifest)
     else:
-        usable, more = _from_videos(data, videos, index.classes)
+        usable, more = _from_videos(index.videos_dir, videos, index.classes)
     if not usable:
         raise UserError(
             f"no usable videos in subset {subset!r} of split {data.split} under {data.root} "
@@ -329,7 +329,7 @@ def build_datasets(
     config: Config, subset_train: str = "train", subset_eval: str = "test"
 ) -> ClipData:
     """The training and evaluation datasets of ``data.split`` and the videos they leave out."""
-    index = scan_dataset(Path(config.data.root))
+    index = scan_dataset(config.data.root)
     manifest = open_cache(config.data) if config.data.source == "cache" else None
     train_videos, train_excluded = resolve_videos(config, index, subset_train, manifest)
     eval_videos, eval_excluded = resolve_videos(config, index, subset_eval, manifest)
@@ -343,7 +343,7 @@ def build_datasets(
 
 def build_eval_dataset(config: Config, subset: str = "test") -> EvalData:
     """The evaluation dataset of `subset` in ``data.split`` (for ``hmdbattn eval``)."""
-    index = scan_dataset(Path(config.data.root))
+    index = scan_dataset(config.data.root)
     videos, excluded = resolve_videos(config, index, subset)
     return EvalData(EvalClips(config, videos, index.classes), list(index.classes), excluded)
 

@@ -75,9 +75,9 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextmanager
-def byte_progress(show: bool = True) -> Iterator[Progress | None]:
-    """A progress bar on stderr with bytes done, transfer rate and ETA (None when hidden)."""
-    if not show:
+def byte_progress() -> Iterator[Progress | None]:
+    """A progress bar on stderr with bytes done, transfer rate and ETA (None inside `quiet`)."""
+    if err_console.quiet:
         yield None
         return
     with Progress(
@@ -222,7 +222,6 @@ def download_file(
     timeout: float = 30.0,
     backoff: float = 1.0,
     hint: str = "",
-    show_progress: bool = True,
 ) -> FetchResult:
     """Download `dest` from the first mirror in `urls` that serves a file with MD5 `md5`.
 
@@ -236,7 +235,7 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
     failures: list[str] = []
     mismatch = False
-    with byte_progress(show_progress) as bar:
+    with byte_progress() as bar:
         for url in urls:
             try:
                 _fetch_mirror(url, part, retries=retries, timeout=timeout, backoff=backoff, bar=bar)
@@ -246,11 +245,10 @@ def download_file(
             found = md5sum(part)
             if found == md5:
                 os.replace(part, dest)
-                if show_progress:
-                    size = dest.stat().st_size / 1e6
-                    err_console.print(
-                        f"{dest.name}: {size:,.1f} MB from {url}", highlight=False, markup=False
-                    )
+                size = dest.stat().st_size / 1e6
+                err_console.print(
+                    f"{dest.name}: {size:,.1f} MB from {url}", highlight=False, markup=False
+                )
                 return FetchResult(dest.name, dest, md5, url, "downloaded")
             # Start clean next time: appending to a wrong file can never give the right one.
             part.unlink(missing_ok=True)
@@ -307,7 +305,6 @@ def fetch_archives(
     *,
     from_dir: Path | None = None,
     backoff: float = 1.0,
-    show_progress: bool = True,
 ) -> list[FetchResult]:
     """Put ``hmdb51_org.rar`` and ``test_train_splits.rar`` in `archives_dir`, MD5-checked.
 
@@ -335,7 +332,6 @@ def fetch_archives(
                 timeout=cfg.timeout,
                 backoff=backoff,
                 hint=hint,
-                show_progress=show_progress,
             )
         )
     return results
@@ -344,7 +340,7 @@ def fetch_archives(
 # --------------------------------------------------------------------------- weights
 
 
-def fetch_kinetics_weights(show_progress: bool = True) -> Path:
+def fetch_kinetics_weights() -> Path:
     """Download torchvision's R(2+1)D-18 Kinetics-400 weights into torch's hub cache.
 
     Returns the checkpoint's path; a file already there is used as is. Offline, the UserError
@@ -356,7 +352,7 @@ def fetch_kinetics_weights(show_progress: bool = True) -> Path:
     weights = R2Plus1D_18_Weights.KINETICS400_V1
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     try:
-        weights.get_state_dict(progress=show_progress)
+        weights.get_state_dict(progress=not err_console.quiet)
     except (OSError, urllib.error.URLError, http.client.HTTPException, RuntimeError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise UserError(

@@ -116,6 +116,11 @@ class DatasetIndex:
         wanted = SUBSET_IDS[subset]
         return [v for v in self.videos if v.split_ids.get(split) == wanted]
 
+    @property
+    def videos_dir(self) -> Path:
+        """The folder the videos' paths are relative to."""
+        return videos_dir(self.root)
+
 
 def per_class(videos: list[Video], count: int, seed: int) -> list[Video]:
     """`count` videos of each class, chosen by `seed` (all of a class that has fewer).
@@ -134,6 +139,16 @@ def per_class(videos: list[Video], count: int, seed: int) -> list[Video]:
     return chosen
 
 
+def videos_dir(root: Path) -> Path:
+    """The videos folder of the dataset at `root`: ``<root>/videos/<class>/<video>.avi``."""
+    return root / "videos"
+
+
+def splits_dir(root: Path) -> Path:
+    """The split files' folder of the dataset at `root`: ``<root>/splits/*.txt``."""
+    return root / "splits"
+
+
 def class_order(labels: set[str] | list[str]) -> list[str]:
     """Stable class order: sorted, which for HMDB51 is the conventional 51-label order."""
     return sorted(labels)
@@ -141,14 +156,14 @@ def class_order(labels: set[str] | list[str]) -> list[str]:
 
 def scan_dataset(root: Path) -> DatasetIndex:
     """Index ``<root>``: classes and split membership from the split files, checked on disk."""
-    splits_dir, videos_dir = root / "splits", root / "videos"
-    if not splits_dir.is_dir() or not videos_dir.is_dir():
+    splits, videos = splits_dir(root), videos_dir(root)
+    if not splits.is_dir() or not videos.is_dir():
         raise UserError(
             f"{root}: no dataset here (expected videos/ and splits/); run `hmdbattn download` "
             "or `hmdbattn download --synthetic`, or set data.root"
         )
     by_path: dict[str, Video] = {}
-    for split_path in sorted(splits_dir.glob("*_test_split*.txt")):
+    for split_path in sorted(splits.glob("*_test_split*.txt")):
         match = SPLIT_FILE.match(split_path.name)
         if match is None:
             continue
@@ -158,8 +173,8 @@ def scan_dataset(root: Path) -> DatasetIndex:
             video = by_path.setdefault(rel, Video(rel, label))
             video.split_ids[split] = sid
     if not by_path:
-        raise UserError(f"{splits_dir}: no split files (<class>_test_split<k>.txt)")
-    present = [v for v in by_path.values() if (videos_dir / v.path).is_file()]
-    missing = [v for v in by_path.values() if not (videos_dir / v.path).is_file()]
+        raise UserError(f"{splits}: no split files (<class>_test_split<k>.txt)")
+    present = [v for v in by_path.values() if (videos / v.path).is_file()]
+    missing = [v for v in by_path.values() if not (videos / v.path).is_file()]
     classes = class_order({v.label for v in by_path.values()})
     return DatasetIndex(root, classes, present, missing)

@@ -32,6 +32,7 @@ from hmdbattn.data.cache import (
     Manifest,
     ManifestEntry,
     cache_file,
+    cached_videos_dir,
     load_manifest,
     write_video_cache,
 )
@@ -165,7 +166,6 @@ class _Recorder:
 def preprocess(
     config: Config,
     workers: int | None = None,
-    show_progress: bool = True,
     min_frames: int = 1,
 ) -> PreprocessSummary:
     """Decode every video of ``config.data.root`` once into the cache at data.cache_path.
@@ -188,9 +188,7 @@ def preprocess(
     except OSError as exc:
         raise _unwritable(cache_dir, exc) from None
     workers = data.num_workers if workers is None else workers
-    bar = progress("videos")
-    bar.disable = not show_progress
-    with bar:
+    with progress("videos") as bar:
         task_id = bar.add_task("preprocess", total=len(index.videos), completed=len(done))
         try:
             for entry in _run(tasks, workers):
@@ -214,21 +212,21 @@ def _start_manifest(config: Config, index: DatasetIndex) -> Manifest:
     try:
         manifest = load_manifest(cache_dir)
     except UserError:
-        if any((cache_dir / "videos").glob("*/*")):
+        if any(cached_videos_dir(cache_dir).glob("*/*")):
             raise UserError(
                 f"{cache_dir}: cache files without a readable manifest.json; delete "
                 f"{cache_dir} or set data.cache_dir to a new folder, then rerun"
             ) from None
         manifest = Manifest(resize=data.resize, jpeg_quality=data.jpeg_quality, root="")
     manifest.check_compatible(data.resize, data.jpeg_quality)
-    manifest.root = str(Path(data.root).resolve())
+    manifest.root = str(data.root.resolve())
     manifest.classes = list(index.classes)
     return manifest
 
 
 def _remove_leftovers(cache_dir: Path) -> None:
     """Delete temporary files of writes that a kill interrupted (never whole cache files)."""
-    for tmp in (cache_dir / "videos").glob("*/.*.tmp"):
+    for tmp in cached_videos_dir(cache_dir).glob("*/.*.tmp"):
         tmp.unlink(missing_ok=True)
 
 
@@ -247,7 +245,7 @@ def _plan(
             entry.label, entry.split_ids = video.label, dict(video.split_ids)
             done.append(entry)
             continue
-        source = Path(data.root) / "videos" / video.path
+        source = index.videos_dir / video.path
         tasks.append(
             _Task(
                 source,

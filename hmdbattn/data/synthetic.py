@@ -55,7 +55,7 @@ from statistics import NormalDist
 import numpy as np
 
 from hmdbattn.data.decode import encode_video
-from hmdbattn.data.hmdb51 import SPLITS, class_order, split_file_name
+from hmdbattn.data.hmdb51 import SPLITS, class_order, split_file_name, splits_dir, videos_dir
 from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text
 from hmdbattn.report import progress
@@ -149,7 +149,6 @@ def generate(
     fps: int = 30,
     seed: int = 0,
     workers: int = 0,
-    show_progress: bool = True,
 ) -> SyntheticSummary:
     """Write a synthetic HMDB51 under `root` (``videos/<class>/*.avi``, ``splits/*.txt``).
 
@@ -161,7 +160,6 @@ def generate(
     since a clip depends on nothing else.
     """
     check_settings(classes, videos_per_class, seconds, size, fps, seed)
-    root = Path(root)
     labels = list(CLASSES[:classes]) if isinstance(classes, int) else list(classes)
     settings: dict[str, object] = {"seconds": seconds, "size": list(size), "fps": fps, "seed": seed}
     if not isinstance(classes, int):
@@ -169,19 +167,20 @@ def generate(
         settings["class_names"] = class_order(labels)
     _claim_root(root, settings)
     names = {lab: [video_name(lab, seed, i) for i in range(videos_per_class)] for lab in labels}
+    videos = videos_dir(root)
     todo = [
-        _Job(root / "videos" / label / name, label, seed, index, seconds, size, fps)
+        _Job(videos / label / name, label, seed, index, seconds, size, fps)
         for label in labels
         for index, name in enumerate(names[label])
-        if not (root / "videos" / label / name).is_file()
+        if not (videos / label / name).is_file()
     ]
     total = len(labels) * videos_per_class
-    with _progress_bar(show_progress, total, done=total - len(todo)) as advance:
+    with _progress_bar(total, done=total - len(todo)) as advance:
         for _ in _run_jobs(todo, workers):
             advance()
     # Split files last: an interrupted run never leaves one naming a video not yet written.
     for label in labels:
-        _write_splits(root / "splits", label, names[label], seed)
+        _write_splits(splits_dir(root), label, names[label], seed)
     return SyntheticSummary(root, class_order(labels), total, len(todo))
 
 
@@ -286,10 +285,7 @@ def _claim_root(root: Path, settings: dict[str, object]) -> None:
 
 
 @contextmanager
-def _progress_bar(show: bool, total: int, done: int) -> Iterator[Callable[[], None]]:
-    if not show:
-        yield lambda: None
-        return
+def _progress_bar(total: int, done: int) -> Iterator[Callable[[], None]]:
     with progress("videos") as bar:
         task = bar.add_task("synthetic videos", total=total, completed=done)
         yield lambda: bar.advance(task)

@@ -10,7 +10,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmdbattn.data.hmdb51 import SPLIT_FILE, SPLITS, SUBSET_IDS, parse_split_file
+from hmdbattn.data.hmdb51 import (
+    SPLIT_FILE,
+    SPLITS,
+    SUBSET_IDS,
+    parse_split_file,
+    splits_dir,
+    videos_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,9 @@ def verify_dataset(root: Path, expected: Expected = HMDB51_EXPECTED) -> VerifyRe
 
     A malformed split file raises the UserError of `parse_split_file` (file and line).
     """
-    videos_dir = root / "videos"
-    classes, n_videos = _videos_on_disk(videos_dir)
-    n_files, counts, listed = _split_entries(root / "splits")
+    videos = videos_dir(root)
+    classes, n_videos = _videos_on_disk(videos)
+    n_files, counts, listed = _split_entries(splits_dir(root))
     checks = [
         Check("classes (videos/ folders)", expected.classes, len(classes)),
         Check("videos (.avi files)", expected.videos, n_videos),
@@ -110,6 +117,6 @@ def verify_dataset(root: Path, expected: Expected = HMDB51_EXPECTED) -> VerifyRe
         for subset in ("train", "test", "unused"):
             found = counts[split, SUBSET_IDS[subset]]
             checks.append(Check(f"split {split} {subset}", getattr(expected, subset), found))
-    missing = sorted(rel for rel in listed if not (videos_dir / rel).is_file())
+    missing = sorted(rel for rel in listed if not (videos / rel).is_file())
     checks.append(Check("split entries on disk", len(listed), len(listed) - len(missing)))
     return VerifyResult(root, checks, missing)

@@ -51,7 +51,6 @@ def score_clips(
     dataset: EvalClips,
     config: Config,
     runtime: Runtime,
-    show_progress: bool = True,
     time_reversed: bool = False,
 ) -> Scores:
     """Logits of every window (and crop) of `dataset`; each rank scores every world_size-th item.
@@ -68,7 +67,7 @@ def score_clips(
     rows: list[torch.Tensor] = []
     loss_sum = 0.0
     precision = partial(autocast, runtime.device, config.train.amp)
-    with progress("clips", transient=True, disable=not (show_progress and runtime.is_main)) as bar:
+    with progress("clips", transient=True, disable=not runtime.is_main) as bar:
         task = bar.add_task("evaluating", total=len(shard))
         for frames, labels, _ in loader:
             frames = frames.to(runtime.device, non_blocking=True)
@@ -171,7 +170,6 @@ def evaluate_checkpoint(
     overrides: list[str] | None = None,
     runtime: Runtime | None = None,
     time_reversed: bool = False,
-    show_progress: bool = True,
 ) -> EvalResult:
     """Score a checkpoint on ``eval.subset`` of ``data.split`` and compute every metric.
 
@@ -187,7 +185,7 @@ def evaluate_checkpoint(
             f"on {ckpt['classes'][:3]}...: point data.root at the dataset it was trained on"
         )
     model = model_from_checkpoint(ckpt, config).to(runtime.device)
-    scores = score_clips(model, data.dataset, config, runtime, show_progress, time_reversed)
+    scores = score_clips(model, data.dataset, config, runtime, time_reversed)
     result = EvalResult(
         checkpoint,
         config.data.split,

@@ -318,7 +318,7 @@ def log_tensorboard(trainer: Trainer, row: dict[str, Any]) -> None:
                 writer.add_scalar(key, value, row["epoch"])
 
 
-def run_epochs(trainer: Trainer, show_progress: bool) -> RunState:
+def run_epochs(trainer: Trainer) -> RunState:
     """Train from the state's epoch to the last one (or an earlier stop)."""
     cfg, rt, state = trainer.config, trainer.runtime, trainer.state
     ddp: nn.Module = trainer.model
@@ -332,7 +332,7 @@ def run_epochs(trainer: Trainer, show_progress: bool) -> RunState:
         trainer.data.train, rt.world_size, rt.rank, shuffle=True, seed=cfg.train.seed
     )
     loader = make_loader(trainer.data.train, cfg, train=True, sampler=sampler)
-    with progress("steps", disable=not (show_progress and rt.is_main)) as bar:
+    with progress("steps", disable=not rt.is_main) as bar:
         task = bar.add_task("", total=len(loader))
         while state.epoch < cfg.train.epochs and not state.stop_reason:
             sampler.set_epoch(state.epoch)
@@ -369,7 +369,6 @@ def train(
     runtime: Runtime,
     resume: bool = False,
     overwrite: bool = False,
-    show_progress: bool = True,
 ) -> RunState:
     """Train (or resume) the run in `run_dir`; returns its final state (history, best epoch)."""
     RunDir(run_dir).prepare_on_main(config, runtime, resume, overwrite)
@@ -377,7 +376,7 @@ def train(
     if runtime.is_main:
         print_excluded(trainer.data.excluded)
         record_train_choice(trainer)
-    state = run_epochs(trainer, show_progress)
+    state = run_epochs(trainer)
     sums = gather(checksum(trainer.model), runtime)
     if len(set(sums)) > 1:
         raise RuntimeError(f"the ranks hold different weights after training: {sums}")
