@@ -302,7 +302,7 @@ class DownloadConfig(Section):
 
 
 class PretrainConfig(Section):
-    """Self-supervised pretraining (`hmdbattn pretrain`); optimisation comes from [train]."""
+    """Self-supervised pretraining (`hmdbattn pretrain`); the optimiser is [train]'s."""
 
     mode: Literal["video", "tokens"] = Field(
         "video",

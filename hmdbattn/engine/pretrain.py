@@ -72,7 +72,7 @@ class PretrainRun:
 
 def pretrain_clips(config: Config) -> tuple[TrainClips, list[Excluded]]:
     """Training clips of every video in ``pretrain.subsets`` (labels are carried, never used)."""
-    index = scan_dataset(Path(config.data.root))
+    index = scan_dataset(config.data.root)
     data = config.model_copy(update={"data": config.data.model_copy(update={"train_per_class": 0})})
     videos, excluded = [], []
     for subset in config.pretrain.subsets:
