@@ -302,7 +302,7 @@ class DownloadConfig(Section):
 
 
 class PretrainConfig(Section):
-    """Self-supervised pretraining (`hmdbattn pretrain`); the optimiser is [train]'s."""
+    """Self-supervised pretraining (`hmdbattn pretrain`); no labels."""
 
     mode: Literal["video", "tokens"] = Field(
         "video",
