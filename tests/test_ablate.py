@@ -323,3 +323,25 @@ def test_cli_errors_are_one_line_without_traceback(capsys, tmp_path) -> None:
     assert code == 1 and "no such variant" in err and "Baseline - R(2+1)D" in err
     code, _, err = cli(capsys, "ablate", "--grid", "depth", "--report", "--dry-run")
     assert code == 1 and "choose one" in err
+
+
+def test_a_missing_init_checkpoint_names_the_command_that_makes_it(
+    capsys, tiny_dataset, tmp_path
+) -> None:
+    missing = tmp_path / "nowhere" / "last.pt"
+    text = TINY_GRID + f"""
+[[variant]]
+label = "From pretraining"
+set = {{ model.head = "perceiver", model.init = "{missing}" }}
+needs = "hmdbattn pretrain --config make-it.toml"
+"""
+    grid = write_grid(tmp_path / "grid", text)
+    sets = set_args(tiny_dataset, tmp_path, **{"train.epochs": 1})
+    code, _, err = cli(capsys, "ablate", "--grid", grid, *sets)
+    assert code == 1
+    assert f"model.init {missing} does not exist yet" in err
+    assert "make it with `hmdbattn pretrain --config make-it.toml`" in err
+    folder = tmp_path / "ablate-tiny"
+    assert (folder / "pool-baseline" / "result.json").exists()  # the others went on
+    assert (folder / "1-cross-1-self" / "result.json").exists()
+    assert not (folder / "from-pretraining" / "last.pt").exists()

@@ -218,3 +218,14 @@ def test_eval_loader_keeps_order(root: Path):
     loader = make_loader(dataset, config, train=False, batch_size=4)
     numbers = [i for _, _, idx in loader for i in idx.tolist()]
     assert numbers == [dataset.windows[k][0] for k in range(len(dataset))]
+
+
+def test_train_per_class_is_a_seeded_choice_per_class() -> None:
+    from hmdbattn.data.hmdb51 import Video, per_class
+
+    videos = [Video(f"{c}/v{i}.avi", c) for c in ("a", "b") for i in range(8)]
+    chosen = per_class(videos, 3, seed=0)
+    assert [v.label for v in chosen] == ["a"] * 3 + ["b"] * 3
+    assert per_class(list(reversed(videos)), 3, seed=0) == chosen  # order of listing is irrelevant
+    assert per_class(videos, 3, seed=1) != chosen
+    assert len(per_class(videos, 20, seed=0)) == 16  # a class with fewer keeps them all

@@ -282,3 +282,11 @@ def test_optimizer_of_a_head_alone_is_one_group() -> None:
     assert [g["name"] for g in optimizer.param_groups] == ["head", "head"]
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
     assert sum(len(g["params"]) for g in optimizer.param_groups) == 4
+
+
+def test_train_per_class_trains_on_the_recorded_choice(tiny_dataset, tmp_path) -> None:
+    state = run(tiny_dataset, tmp_path, "few", **{"train.epochs": 1, "data.train_per_class": 2})
+    listed = (tmp_path / "few" / "train_videos.txt").read_text().splitlines()
+    classes = sorted(p.name for p in (tiny_dataset / "videos").iterdir())
+    assert sorted(path.split("/")[0] for path in listed) == sorted(classes * 2)
+    assert state.step == 2  # 4 classes x 2 videos in batches of 4: only the chosen ones

@@ -22,19 +22,27 @@ from typing import Any
 import torch
 from rich.progress import Progress, TaskID
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from hmdbattn.config import Config
-from hmdbattn.data.datasets import Excluded, TrainClips, make_loader, resolve_videos
+from hmdbattn.data.datasets import Excluded, TrainClips, resolve_videos
 from hmdbattn.data.hmdb51 import scan_dataset
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import Runtime, checksum, gather
 from hmdbattn.engine.optim import Schedule, build_optimizer
 from hmdbattn.engine.precision import autocast, fp16, memory_format
 from hmdbattn.engine.rundir import RunDir
-from hmdbattn.engine.train import CHECK_EVERY, StepParts, epoch_generator, train_step
+from hmdbattn.engine.train import (
+    CHECK_EVERY,
+    StepParts,
+    epoch_generator,
+    epoch_loader,
+    rng_states,
+    set_rng_states,
+    train_step,
+    wrap_ddp,
+)
 from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text
 from hmdbattn.models.classifier import build_model
@@ -132,9 +140,7 @@ def restore(run: PretrainRun, ckpt: dict[str, Any]) -> None:
     run.scaler.load_state_dict(ckpt["scaler"])
     s = ckpt["state"]
     run.state = PretrainState(s["epoch"], s["step"], s["history"], s["stop_reason"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    set_rng_states(ckpt["rng"])
 
 
 def checkpoint(run: PretrainRun) -> dict[str, Any]:
@@ -149,10 +155,7 @@ def checkpoint(run: PretrainRun) -> dict[str, Any]:
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict(),
         "state": dataclasses.asdict(s),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": rng_states(),
         "classes": None,  # no classifier: a fine-tuning run makes its own
         "config": run.config.model_dump(mode="json"),
     }
@@ -231,15 +234,8 @@ def end_epoch(run: PretrainRun, row: dict[str, Any]) -> None:
 def run_epochs(run: PretrainRun) -> PretrainState:
     """Pretrain from the state's epoch to ``train.epochs`` (or the step limit)."""
     cfg, rt, state = run.config, run.runtime, run.state
-    forward: nn.Module = run.pretrainer
-    if rt.distributed:
-        forward = DistributedDataParallel(
-            run.pretrainer, device_ids=[rt.device] if rt.device.type == "cuda" else None
-        )
-    sampler: DistributedSampler = DistributedSampler(
-        run.clips, rt.world_size, rt.rank, shuffle=True, seed=cfg.train.seed
-    )
-    loader = make_loader(run.clips, cfg, train=True, sampler=sampler)
+    forward = wrap_ddp(run.pretrainer, rt)
+    sampler, loader = epoch_loader(run.clips, cfg, rt)
     with progress("steps", disable=not rt.is_main) as bar:
         task = bar.add_task("", total=len(loader))
         while state.epoch < cfg.train.epochs and not state.stop_reason:

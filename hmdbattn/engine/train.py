@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from hmdbattn.config import Config, TrainConfig
-from hmdbattn.data.datasets import ClipData, build_datasets, make_loader
+from hmdbattn.data.datasets import ClipData, TrainClips, build_datasets, make_loader
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import Runtime, checksum, gather, sync_buffers
 from hmdbattn.engine.evaluate import score_clips
@@ -118,9 +118,7 @@ def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     trainer.state = RunState(
         s["epoch"], s["step"], s["history"], s["best_epoch"], s["best_accuracy"], s["stop_reason"]
     )
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    set_rng_states(ckpt["rng"])
 
 
 def checkpoint(trainer: Trainer) -> dict[str, Any]:
@@ -140,13 +138,42 @@ def checkpoint(trainer: Trainer) -> dict[str, Any]:
             "best_accuracy": s.best_accuracy,
             "stop_reason": s.stop_reason,
         },
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": rng_states(),
         "classes": trainer.data.classes,
         "config": trainer.config.model_dump(mode="json"),
     }
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states a checkpoint keeps (torch's, and CUDA's where there is CUDA)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Put back what `rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if torch.cuda.is_available() and states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def wrap_ddp(model: nn.Module, rt: Runtime) -> nn.Module:
+    """`model` under DistributedDataParallel when the run has several processes."""
+    if not rt.distributed:
+        return model
+    return DistributedDataParallel(
+        model, device_ids=[rt.device] if rt.device.type == "cuda" else None
+    )
+
+
+def epoch_loader(
+    dataset: TrainClips, cfg: Config, rt: Runtime
+) -> tuple[DistributedSampler, DataLoader]:
+    """A sampler sharding `dataset` over the ranks (reshuffled by `set_epoch`) and its loader."""
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, rt.world_size, rt.rank, shuffle=True, seed=cfg.train.seed
+    )
+    return sampler, make_loader(dataset, cfg, train=True, sampler=sampler)
 
 
 def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
@@ -321,17 +348,10 @@ def log_tensorboard(trainer: Trainer, row: dict[str, Any]) -> None:
 def run_epochs(trainer: Trainer) -> RunState:
     """Train from the state's epoch to the last one (or an earlier stop)."""
     cfg, rt, state = trainer.config, trainer.runtime, trainer.state
-    ddp: nn.Module = trainer.model
-    if rt.distributed:
-        ddp = DistributedDataParallel(
-            trainer.model, device_ids=[rt.device] if rt.device.type == "cuda" else None
-        )
+    ddp = wrap_ddp(trainer.model, rt)
     if cfg.train.compile:
         ddp = torch.compile(ddp)  # type: ignore[assignment]
-    sampler: DistributedSampler = DistributedSampler(
-        trainer.data.train, rt.world_size, rt.rank, shuffle=True, seed=cfg.train.seed
-    )
-    loader = make_loader(trainer.data.train, cfg, train=True, sampler=sampler)
+    sampler, loader = epoch_loader(trainer.data.train, cfg, rt)
     with progress("steps", disable=not rt.is_main) as bar:
         task = bar.add_task("", total=len(loader))
         while state.epoch < cfg.train.epochs and not state.stop_reason:
