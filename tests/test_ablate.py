@@ -329,12 +329,15 @@ def test_a_missing_init_checkpoint_names_the_command_that_makes_it(
     capsys, tiny_dataset, tmp_path
 ) -> None:
     missing = tmp_path / "nowhere" / "last.pt"
-    text = TINY_GRID + f"""
+    text = (
+        TINY_GRID
+        + f"""
 [[variant]]
 label = "From pretraining"
 set = {{ model.head = "perceiver", model.init = "{missing}" }}
 needs = "hmdbattn pretrain --config make-it.toml"
 """
+    )
     grid = write_grid(tmp_path / "grid", text)
     sets = set_args(tiny_dataset, tmp_path, **{"train.epochs": 1})
     code, _, err = cli(capsys, "ablate", "--grid", grid, *sets)
