@@ -7,7 +7,7 @@
 #
 # 1. `pip install -e .` (falls back to --no-deps when no package index can be reached).
 # 2. An HMDB51-like synthetic dataset: 8 classes x 32 videos of about 4 s at 320x240, 30 fps
-#    (`hmdbattn download --synthetic`), cached at the default resize 128x171 (`preprocess`).
+#    (`hmdbattn synthesize`), cached at the default resize 128x171 (`preprocess`).
 # 3. benchmarks/train_step.py at 8 blocks, 16x112x112, batch 32: the pool and hmdb51.toml heads
 #    in fp32, bf16, bf16 + channels-last, bf16 + torch.compile; the loader's CPU cost per clip
 #    and its clips/s with 8 workers; a real training loop (pinned memory, non-blocking copies):
@@ -47,7 +47,7 @@ print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, CUDA {torch.v
 EOF
 
 log "2/5 synthetic dataset and cache"
-"$PYTHON" -m hmdbattn download --synthetic --root "$DATA" --classes 8 --videos-per-class 32 \
+"$PYTHON" -m hmdbattn synthesize --root "$DATA" --classes 8 --videos-per-class 32 \
     --seconds 4 --size 320x240 >"$OUT/dataset.txt" 2>&1
 "$PYTHON" -m hmdbattn preprocess --set "data.root=\"$DATA\"" --workers "$(nproc)" \
     >>"$OUT/dataset.txt" 2>&1

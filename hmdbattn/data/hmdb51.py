@@ -160,7 +160,7 @@ def scan_dataset(root: Path) -> DatasetIndex:
     if not splits.is_dir() or not videos.is_dir():
         raise UserError(
             f"{root}: no dataset here (expected videos/ and splits/); run `hmdbattn download` "
-            "or `hmdbattn download --synthetic`, or set data.root"
+            "or `hmdbattn synthesize`, or set data.root"
         )
     by_path: dict[str, Video] = {}
     for split_path in sorted(splits.glob("*_test_split*.txt")):
