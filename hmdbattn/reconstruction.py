@@ -44,11 +44,9 @@ def _to_image(clip: torch.Tensor, config: Config) -> np.ndarray:
 
 def _unpatchify(pre: PixelPretrainer, clip: torch.Tensor, rec: Reconstruction, i: int):
     """Clip `i` with its hidden patches replaced by the prediction (un-normalised per patch)."""
-    patches = pre.patches(clip[None])[0]  # (N, D) normalised
     c, t, h, w = clip.shape
     p, tt = pre.p, pre.tt
-    raw = clip.reshape(c, t // tt, tt, h // p, p, w // p, p).permute(1, 3, 5, 0, 2, 4, 6)
-    raw = raw.reshape(patches.shape[0], c, tt * p * p).float()  # (N, C, tt*p*p)
+    raw = pre.raw_patches(clip[None])[0]  # (N, C, tt*p*p)
     mean, std = raw.mean(-1, keepdim=True), (raw.var(-1, keepdim=True) + 1e-6).sqrt()
     if not pre.config.pretrain.norm_pixels:
         mean, std = torch.zeros_like(mean), torch.ones_like(std)

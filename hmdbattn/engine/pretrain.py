@@ -90,12 +90,14 @@ def pretrain_clips(config: Config) -> tuple[TrainClips, list[Excluded]]:
     return TrainClips(config, sorted(videos, key=lambda v: v.path), index.classes), excluded
 
 
-def build_run(config: Config, run_dir: Path, runtime: Runtime, resume: bool) -> PretrainRun:
-    """Data, model, objective, optimiser (restored from ``last.pt`` when resuming)."""
+def build_run(
+    config: Config, run_dir: Path, runtime: Runtime, last: dict[str, Any] | None
+) -> PretrainRun:
+    """Data, model, objective, optimiser (restored from `last`, ``last.pt``, when resuming)."""
     torch.manual_seed(config.train.seed)
     clips, excluded = pretrain_clips(config)
     model = build_model(config, len(clips.classes))
-    if config.model.init is not None and not resume:
+    if config.model.init is not None and last is None:
         report = load_init(model, config.model.init, config.model.init_parts, None)
         if runtime.is_main:
             err_console.print(report.line(), highlight=False)
@@ -121,8 +123,8 @@ def build_run(config: Config, run_dir: Path, runtime: Runtime, resume: bool) -> 
         Schedule(optimizer, config.train, steps),
         torch.amp.GradScaler("cuda", enabled=fp16(config, runtime.device)),
     )
-    if resume:
-        restore(run, run.run.load_last())
+    if last is not None:
+        restore(run, last)
     return run
 
 
@@ -134,7 +136,6 @@ def check_kind(ckpt: dict[str, Any], path: Path) -> None:
 
 def restore(run: PretrainRun, ckpt: dict[str, Any]) -> None:
     """Continue where `ckpt` stopped: weights, decoder, optimiser, scaler, counters, RNG."""
-    check_kind(ckpt, run.run.last)
     run.pretrainer.load_states(ckpt["model"], ckpt["decoder"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.scaler.load_state_dict(ckpt["scaler"])
@@ -179,11 +180,12 @@ def pretrain_epoch(
         loss=lambda loss, _: loss,  # the pretrainer returns its own loss
     )
     forward.train()
+    layout = memory_format(cfg, rt.device)
     totals = torch.zeros(2, device=rt.device)  # loss sum, clips
     for number, (frames, _labels, _) in enumerate(loader):
         run.schedule.apply(state.step)
         x = transform(frames.to(rt.device, non_blocking=True), generator)  # (B, C, T, h, w)
-        x = x.contiguous(memory_format=memory_format(cfg, rt.device))
+        x = x.contiguous(memory_format=layout)
         mask = tube_mask(len(x), grid, cfg.pretrain.mask_ratio, generator).to(rt.device)
         step = dataclasses.replace(parts, forward=functools.partial(forward, mask=mask))
         loss, _ = train_step(step, x, x.new_zeros(()))
@@ -266,10 +268,11 @@ def pretrain(
     config: Config, run_dir: Path, runtime: Runtime, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Pretrain (or resume) the run in `run_dir`; returns its summary (also ``result.json``)."""
-    if resume:  # before prepare rewrites config.toml: a `train` run is left as it was
-        check_kind(RunDir(run_dir).load_last(), RunDir(run_dir).last)
+    last = RunDir(run_dir).load_last() if resume else None
+    if last is not None:  # before prepare rewrites config.toml: a `train` run is left as it was
+        check_kind(last, RunDir(run_dir).last)
     RunDir(run_dir).prepare_on_main(config, runtime, resume, overwrite)
-    run = build_run(config, run_dir, runtime, resume)
+    run = build_run(config, run_dir, runtime, last)
     if runtime.is_main:
         print_excluded(run.excluded)
         names = "".join(f"{v.path}\n" for v in run.clips.videos)

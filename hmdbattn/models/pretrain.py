@@ -155,16 +155,20 @@ class PixelPretrainer(Pretrainer):
         dim = self.head.c.latent_dim
         self.decoder = Decoder(dim, self.pos_dim, pc.decoder_dim, pc.decoder_heads, out)
 
-    def patches(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> (B, T/tt * H/p * W/p, 3 * tt * p * p), normalised per patch.
-
-        Unnormalised with ``pretrain.norm_pixels = false``.
-        """
+    def raw_patches(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, N, 3, tt * p * p) patches, N = T/tt * H/p * W/p."""
         b, c, t, h, w = clips.shape
         p, tt = self.p, self.tt
         x = clips.reshape(b, c, t // tt, tt, h // p, p, w // p, p)  # (B, C, T/tt, tt, h, p, w, p)
         x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T/tt, h, w, C, tt, p, p)
-        x = x.reshape(b, -1, c, tt * p * p).float()  # (B, N, C, tt*p*p)
+        return x.reshape(b, -1, c, tt * p * p).float()  # (B, N, C, tt*p*p)
+
+    def patches(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, N, 3 * tt * p * p), normalised per patch.
+
+        Unnormalised with ``pretrain.norm_pixels = false``.
+        """
+        x = self.raw_patches(clips)
         if self.config.pretrain.norm_pixels:
             x = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True) + 1e-6).sqrt()
         return x.flatten(2)  # (B, N, C*tt*p*p)
@@ -217,7 +221,8 @@ class EmaPretrainer(Pretrainer):
         context = head_context(self.head, self.head.tokens(features))
         token_mask = upsample_mask(mask, self.factor[0])  # (B, H', W')
         hidden, _ = split_indices(over_time(token_mask, t))
-        positions = self.head.tokens(features[:1])[0, :, features.shape[1] :]  # (N, P)
+        c = self.head.c
+        positions = fourier_encode((t, h, w), c.num_freq_bands, c.max_freq, clips.device)
         return _decode_loss(self.decoder, context, positions, targets, hidden, (t, h, w))
 
 
