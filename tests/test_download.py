@@ -52,6 +52,10 @@ class Served:
     drop_once: set[str] = field(default_factory=set)  # send half the body, then hang up
     stall_once: set[str] = field(default_factory=set)  # send half the body, then go quiet
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    no_range: set[str] = field(default_factory=set)  # these paths ignore Range (always 200)
+    no_length: set[str] = field(default_factory=set)  # no Content-Length: the body ends at close
+    # Per path, how many body bytes each successive request gets before the server hangs up.
+    cut: dict[str, list[int]] = field(default_factory=dict)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -68,8 +72,12 @@ class Handler(BaseHTTPRequestHandler):
         if start is None:
             return
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if self.path not in served.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if served.cut.get(self.path):
+            self._send(body[: served.cut[self.path].pop(0)])
+            return
         if self.path in served.drop_once | served.stall_once:
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -78,11 +86,19 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(1.5)
             served.drop_once.discard(self.path)
             return
-        self.wfile.write(body)
+        self._send(body)
+
+    def _send(self, body: bytes) -> None:
+        """Write `body`; a client that hung up (a refused oversized body) is no error here."""
+        try:
+            self.wfile.write(body)
+            self.wfile.flush()
+        except OSError:
+            pass
 
     def _range_start(self, size: int) -> int | None:
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-        if match is None or not self.served.ranges:
+        if match is None or not self.served.ranges or self.path in self.served.no_range:
             self.send_response(200)
             return 0
         start = int(match[1])

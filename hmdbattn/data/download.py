@@ -7,6 +7,7 @@ with an HTTP Range request; a server that ignores Range simply sends the whole f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import os
@@ -15,7 +16,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,6 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
-    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -42,6 +42,14 @@ SPLITS_ARCHIVE = "test_train_splits.rar"
 CHUNK = 1 << 20
 # 408 and 429 say "try again later"; other 4xx mean this mirror will not serve the file.
 RETRY_STATUS = {408, 429}
+# The most bytes each known archive may have, by MD5. reference.md records only approximate
+# sizes (about 2.1 GB and about 200 KB), so these are ceilings with room to spare, not exact
+# sizes: they stop a server that sends without end long before the disk is full.
+SIZE_LIMITS = {
+    "517d6f1f19f215c45cdd4d25356be1fb": 2_500_000_000,  # hmdb51_org.rar
+    "15e67781e70dcfbdce2d7dbb9b3344b5": 1_000_000,  # test_train_splits.rar
+}
+RESUME_HINT = "; free space (or fix the folder) and run the command again: the download resumes"
 
 Action = Literal["downloaded", "present", "linked", "copied"]
 
@@ -69,6 +77,23 @@ class _StaleRange(_Transient):
     """HTTP 416: the .part reaches past the end of the file, so it cannot be resumed."""
 
 
+class _TooBig(_Skip):
+    """The server states or sends more bytes than the file can have."""
+
+
+@contextmanager
+def os_errors(path: Path, doing: str, hint: str = "") -> Iterator[None]:
+    """Turn an OSError (disk full, read-only, a folder in the way) into one UserError line.
+
+    The line names `path` and what could not be done (`doing`: "write", "read", ...), then
+    the system's reason and `hint` (what to do; by default, nothing more).
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot {doing} {path}: {exc.strerror or exc}{hint}") from None
+
+
 def _reason(exc: BaseException) -> str:
     """An exception as one line (some http.client messages end in a raw header line)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -93,9 +118,9 @@ def byte_progress() -> Iterator[Progress | None]:
 
 
 def md5sum(path: Path, chunk: int = CHUNK) -> str:
-    """The hex MD5 of a file, read in chunks."""
+    """The hex MD5 of a file, read in chunks; a read error is a UserError naming the file."""
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
+    with os_errors(path, "read"), open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -134,10 +159,83 @@ def _start(response: http.client.HTTPResponse, offset: int) -> int:
     return offset
 
 
+def _body_length(response: http.client.HTTPResponse) -> int | None:
+    """The body's length from Content-Length, None when the server does not say."""
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
+def _total_size(response: http.client.HTTPResponse, start: int) -> int | None:
+    """The file's whole size as the server states it: Content-Range's total, else the length."""
+    match = re.search(r"/(\d+)\s*$", response.headers.get("Content-Range", ""))
+    if response.status == 206 and match is not None:
+        return int(match[1])
+    length = _body_length(response)
+    return start + length if length is not None else None
+
+
+def _size_cap(total: int | None, limit: int | None) -> int | None:
+    """The most bytes the file may reach: the server's stated size, within `limit` if known."""
+    if total is not None and limit is not None and total > limit:
+        raise _TooBig(f"serves {total:,} bytes, more than the {limit:,} expected")
+    return total if total is not None else limit
+
+
+class _PartWriter:
+    """Writes a response body into the open ``.part`` file from byte `pos` on.
+
+    The first `keep` bytes are an earlier attempt's prefix. Where the body repeats them (a
+    server that ignored Range and sent the file from its start) they are compared, not
+    rewritten, so a connection lost early leaves that prefix whole; the first differing byte
+    ends it. Nothing is written past `cap`: a body that would is stopped with `_TooBig`.
+    """
+
+    def __init__(self, out: IO[bytes], pos: int, keep: int, cap: int | None) -> None:
+        self.out, self.pos, self.keep, self.cap = out, pos, keep, cap
+
+    def write(self, block: bytes) -> None:
+        """Write (or confirm) `block` at the current position."""
+        if self.cap is not None and self.pos + len(block) > self.cap:
+            raise _TooBig(f"sent more than the {self.cap:,} bytes expected")
+        if self.pos < self.keep:
+            block = self._confirm(block)
+        if block:
+            self.out.seek(self.pos)
+            self.out.write(block)
+            self.pos += len(block)
+
+    def _confirm(self, block: bytes) -> bytes:
+        """Skip the part of `block` equal to the bytes on disk; return the rest to write."""
+        n = min(len(block), self.keep - self.pos)
+        self.out.seek(self.pos)
+        old = self.out.read(n)
+        same = n if old == block[:n] else _common_prefix(old, block)
+        if same < n:
+            # Another file's bytes: the prefix on disk ends here.
+            self.keep = self.pos + same
+            self.out.truncate(self.keep)
+        self.pos += same
+        return block[same:]
+
+    def finish(self) -> None:
+        """After a complete body: drop stale bytes an earlier, longer attempt left beyond it."""
+        self.out.truncate(self.pos)
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """How many leading bytes `a` and `b` share."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
 def _copy_body(
-    response: http.client.HTTPResponse, out: IO[bytes], bar: Progress | None, task: TaskID | None
+    response: http.client.HTTPResponse,
+    writer: _PartWriter,
+    part: Path,
+    progress: Callable[[int], None],
 ) -> int:
-    """Copy the body to `out`; write errors are the user's (disk full), not the network's."""
+    """Copy the body through `writer`; write errors are the user's (disk full), not the net's."""
     received = 0
     while True:
         try:
@@ -147,50 +245,90 @@ def _copy_body(
             raise _Transient(_reason(exc)) from None
         if not block:
             return received
-        try:
-            out.write(block)
-        except OSError as exc:
-            raise UserError(f"cannot write {out.name}: {exc.strerror or exc}") from None
+        with os_errors(part, "write", RESUME_HINT):
+            writer.write(block)
         received += len(block)
-        if bar is not None and task is not None:
-            bar.advance(task, len(block))
+        progress(len(block))
 
 
-def _transfer(url: str, part: Path, timeout: float, bar: Progress | None) -> None:
-    """One attempt: fetch `url` into `part`, continuing after the bytes already there."""
-    offset = part.stat().st_size if part.exists() else 0
-    with _open(url, offset, timeout) as response:
-        start = _start(response, offset)
-        length = response.headers.get("Content-Length")
-        expected = int(length) if length and length.isdigit() else None
-        task = None
-        if bar is not None:
-            total = start + expected if expected is not None else None
-            task = bar.add_task(part.name.removesuffix(".part"), total=total, completed=start)
-        try:
-            with open(part, "r+b" if start else "wb") as out:
-                out.seek(start)
-                out.truncate()
-                received = _copy_body(response, out, bar, task)
-        finally:
-            if bar is not None and task is not None:
-                bar.remove_task(task)
-    # http.client returns a short body without complaint when the server hangs up early.
-    if expected is not None and received != expected:
-        raise _Transient(f"connection closed after {start + received} of {start + expected} bytes")
+@contextmanager
+def _open_part(part: Path) -> Iterator[IO[bytes]]:
+    """The ``.part`` file opened for reading and writing, created empty if absent."""
+    with os_errors(part, "write", RESUME_HINT):
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
+        out = os.fdopen(fd, "r+b")
+    with out:
+        yield out
+
+
+def _transfer(
+    url: str, part: Path, timeout: float, bar: Progress | None, *, resume: bool, limit: int | None
+) -> None:
+    """One attempt: fetch `url` into `part`, asking (if `resume`) for the bytes not yet there.
+
+    `limit` is the most bytes the file may have (a recorded size); a server that states or
+    sends more is refused and what it sent is discarded.
+    """
+    offset = part.stat().st_size if part.is_file() else 0
+    with _open(url, offset if resume else 0, timeout) as response:
+        start = _start(response, offset if resume else 0)
+        cap = _size_cap(_total_size(response, start), limit)
+        length = _body_length(response)
+        with _open_part(part) as out, _task(bar, part, cap, start) as progress:
+            writer = _PartWriter(out, start, offset, cap)
+            try:
+                received = _copy_body(response, writer, part, progress)
+            except _TooBig:
+                with os_errors(part, "write"):
+                    out.truncate(writer.keep)  # keep only what was there before this body
+                raise
+            # http.client returns a short body without complaint when the server hangs up early.
+            if length is not None and received != length:
+                raise _Transient(
+                    f"connection closed after {start + received:,} of {start + length:,} bytes"
+                )
+            with os_errors(part, "write", RESUME_HINT):
+                writer.finish()
+
+
+@contextmanager
+def _task(
+    bar: Progress | None, part: Path, total: int | None, done: int
+) -> Iterator[Callable[[int], None]]:
+    """A progress-bar row for one attempt; yields the function that advances it."""
+    if bar is None:
+        yield lambda n: None
+        return
+    task = bar.add_task(part.name.removesuffix(".part"), total=total, completed=done)
+    try:
+        yield lambda n: bar.advance(task, n)
+    finally:
+        bar.remove_task(task)
 
 
 def _fetch_mirror(
-    url: str, part: Path, *, retries: int, timeout: float, backoff: float, bar: Progress | None
+    url: str,
+    part: Path,
+    *,
+    retries: int,
+    timeout: float,
+    backoff: float,
+    bar: Progress | None,
+    limit: int | None,
+    resume: bool,
 ) -> None:
-    """Fetch from one mirror with up to `retries` retries and exponential back-off."""
+    """Fetch from one mirror with up to `retries` retries and exponential back-off.
+
+    With `resume`, the bytes after those in `part` are asked for; without, the whole file.
+    """
     for attempt in range(retries + 1):
         try:
-            _transfer(url, part, timeout, bar)
+            _transfer(url, part, timeout, bar, resume=resume, limit=limit)
             return
         except _Transient as exc:
             if isinstance(exc, _StaleRange):
-                part.unlink(missing_ok=True)
+                # Ask for the whole file next time; the prefix stays where it matches.
+                resume = False
             if attempt == retries:
                 raise
             delay = backoff * 2**attempt
@@ -202,8 +340,18 @@ def _fetch_mirror(
             time.sleep(delay)
 
 
+def _not_a_folder(dest: Path) -> None:
+    """A folder where the archive belongs is the user's to move: never removed or written into."""
+    if dest.is_dir():
+        raise UserError(
+            f"{dest}: is a folder, but the archive {dest.name} belongs there; "
+            "move or rename the folder, then run again"
+        )
+
+
 def _present(dest: Path, md5: str) -> FetchResult:
     """A file already at its final name: keep it if its MD5 is right, never overwrite it."""
+    _not_a_folder(dest)
     found = md5sum(dest)
     if found != md5:
         raise UserError(
@@ -211,6 +359,12 @@ def _present(dest: Path, md5: str) -> FetchResult:
             "delete the file to download it again"
         )
     return FetchResult(dest.name, dest, md5, str(dest), "present")
+
+
+def _make_folder(folder: Path) -> None:
+    """Create `folder` (and its parents); a file in the way or a read-only disk is a UserError."""
+    with os_errors(folder, "create the folder"):
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def download_file(
@@ -222,42 +376,77 @@ def download_file(
     timeout: float = 30.0,
     backoff: float = 1.0,
     hint: str = "",
+    max_size: int | None = None,
 ) -> FetchResult:
     """Download `dest` from the first mirror in `urls` that serves a file with MD5 `md5`.
 
-    Resumes a ``<dest>.part`` left by an earlier run. A file already at `dest` with the right
-    MD5 is kept; with the wrong MD5 it is an error (it is never overwritten). When every mirror
-    fails, the UserError names the URLs tried and ends with `hint`.
+    Resumes a ``<dest>.part`` left by an earlier run or by an earlier mirror (the final MD5
+    decides). A file already at `dest` with the right MD5 is kept; with the wrong MD5 it is an
+    error (it is never overwritten). No more than `max_size` bytes (default: the size recorded
+    for a known MD5, else what the server states) are accepted. When every mirror fails, the
+    UserError names the URLs tried and ends with `hint`.
     """
     if dest.exists():
         return _present(dest, md5)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(dest.parent)
     part = dest.with_name(dest.name + ".part")
+    _not_a_folder(part)
+    limit = max_size if max_size is not None else SIZE_LIMITS.get(md5)
     failures: list[str] = []
     mismatch = False
     with byte_progress() as bar:
         for url in urls:
+            fetch = functools.partial(
+                _fetch_mirror, url, part, retries=retries, timeout=timeout, backoff=backoff
+            )
             try:
-                _fetch_mirror(url, part, retries=retries, timeout=timeout, backoff=backoff, bar=bar)
+                found = _from_mirror(functools.partial(fetch, bar=bar, limit=limit), part, md5)
             except (_Transient, _Skip) as exc:
+                # What arrived stays in the .part: the next mirror resumes from it.
                 failures.append(f"{url} ({exc})")
+                _drop_if_empty(part)
                 continue
-            found = md5sum(part)
             if found == md5:
-                os.replace(part, dest)
-                size = dest.stat().st_size / 1e6
-                err_console.print(
-                    f"{dest.name}: {size:,.1f} MB from {url}", highlight=False, markup=False
-                )
-                return FetchResult(dest.name, dest, md5, url, "downloaded")
-            # Start clean next time: appending to a wrong file can never give the right one.
-            part.unlink(missing_ok=True)
+                return _finish_download(part, dest, md5, url)
             mismatch = True
             failures.append(f"{url} (got MD5 {found})")
     tried = "; ".join(failures) if failures else "no URLs configured"
     if mismatch:
+        # A complete file with the wrong MD5 cannot be resumed into the right one.
+        part.unlink(missing_ok=True)
         raise UserError(f"{dest.name}: checksum mismatch: expected MD5 {md5}; tried {tried}")
     raise UserError(f"could not download {dest.name}: tried {tried}. {hint}".rstrip())
+
+
+def _from_mirror(fetch: Callable[..., None], part: Path, md5: str) -> str:
+    """Complete `part` with `fetch` (`_fetch_mirror` for one mirror); the result's MD5.
+
+    A ``.part`` this mirror resumed may hold another mirror's (or run's) bytes: when the
+    result's MD5 is wrong, the mirror is asked once more for the whole file, which keeps the
+    bytes that agree and rewrites the rest from the first difference on.
+    """
+    resumed = part.is_file() and part.stat().st_size > 0
+    fetch(resume=True)
+    found = md5sum(part)
+    if found != md5 and resumed:
+        fetch(resume=False)
+        found = md5sum(part)
+    return found
+
+
+def _drop_if_empty(part: Path) -> None:
+    """Remove a ``.part`` that holds nothing (a refused or failed first attempt)."""
+    if part.is_file() and part.stat().st_size == 0:
+        part.unlink()
+
+
+def _finish_download(part: Path, dest: Path, md5: str, url: str) -> FetchResult:
+    """Give the checked ``.part`` its final name and say where it came from."""
+    with os_errors(dest, "write"):
+        os.replace(part, dest)
+    size = dest.stat().st_size / 1e6
+    err_console.print(f"{dest.name}: {size:,.1f} MB from {url}", highlight=False, markup=False)
+    return FetchResult(dest.name, dest, md5, url, "downloaded")
 
 
 # --------------------------------------------------------------------------- local copies
@@ -266,7 +455,9 @@ def download_file(
 def _link_or_copy(src: Path, dest: Path) -> Action:
     """Put `src` at `dest` atomically: a hard link when possible, else a copy."""
     part = dest.with_name(dest.name + ".part")
-    part.unlink(missing_ok=True)
+    _not_a_folder(part)
+    with os_errors(part, "write"):
+        part.unlink(missing_ok=True)
     try:
         os.link(src, part)
         action: Action = "linked"
@@ -278,23 +469,45 @@ def _link_or_copy(src: Path, dest: Path) -> Action:
             part.unlink(missing_ok=True)
             raise UserError(f"cannot copy {src} to {dest}: {exc.strerror or exc}") from None
         action = "copied"
-    os.replace(part, dest)
+    with os_errors(dest, "write"):
+        os.replace(part, dest)
     return action
 
 
+def _present_copy(src: Path, dest: Path, md5: str) -> FetchResult | None:
+    """The archive already at `dest`: kept if right, an error if wrong (never replaced)."""
+    if not dest.exists():
+        return None
+    _not_a_folder(dest)
+    if dest.samefile(src):
+        return FetchResult(dest.name, dest, md5, str(src), "present")
+    found = md5sum(dest)
+    if found != md5:
+        raise UserError(
+            f"{dest}: checksum mismatch: expected MD5 {md5}, got {found}; it is not replaced "
+            f"by {src}: delete or move it aside, then run again"
+        )
+    return FetchResult(dest.name, dest, md5, str(src), "present")
+
+
 def copy_from_dir(src_dir: Path, name: str, md5: str, dest_dir: Path) -> FetchResult:
-    """Take archive `name` from the user's folder `src_dir` (MD5 checked) into `dest_dir`."""
+    """Take archive `name` from the user's folder `src_dir` (MD5 checked) into `dest_dir`.
+
+    An archive already in `dest_dir` is kept when its MD5 is right and refused (left as it
+    is) when it is wrong.
+    """
     src, dest = src_dir / name, dest_dir / name
     if not src_dir.is_dir():
         raise UserError(f"--from {src_dir}: not a folder")
     if not src.is_file():
         raise UserError(f"--from {src_dir}: {name} not found there")
-    if dest.exists() and (dest.samefile(src) or md5sum(dest) == md5):
-        return FetchResult(name, dest, md5, str(src), "present")
+    present = _present_copy(src, dest, md5)
+    if present is not None:
+        return present
     found = md5sum(src)
     if found != md5:
         raise UserError(f"{src}: checksum mismatch: expected MD5 {md5}, got {found}")
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    _make_folder(dest_dir)
     action = _link_or_copy(src, dest)
     return FetchResult(name, dest, md5, str(src), action)
 
