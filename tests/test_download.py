@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -116,6 +117,13 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[tuple[str, Served]]:
     """A threading HTTP server on 127.0.0.1 (port 0); yields its base URL and its state."""
+    with serve() as running:
+        yield running
+
+
+@contextmanager
+def serve() -> Iterator[tuple[str, Served]]:
+    """The test server while the block runs: its base URL and its state (serving /a.bin)."""
     served = Served(files={"/a.bin": DATA})
     handler = type("H", (Handler,), {"served": served})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)

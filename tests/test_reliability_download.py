@@ -1,0 +1,351 @@
+"""Issue 12, download and extraction: faults and mistakes end in one line, nothing is lost.
+
+Disk full is real (a small tmpfs) when the tests run as root, else an injected ENOSPC at the
+point where the code writes; a read-only folder is a read-only mount as root, else chmod.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from climain import cli
+from rar4 import mini_hmdb51
+from test_download import DATA, DATA_MD5, Served, serve
+
+from hmdbattn.data import download
+from hmdbattn.data.download import download_file, md5sum
+from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
+
+MiB = 1 << 20
+
+
+def fetch(urls: list[str], dest: Path, **kwargs: object) -> download.FetchResult:
+    """download_file with few retries, a tiny back-off and no progress bar."""
+    with quiet():
+        return download_file(urls, dest, DATA_MD5, retries=2, timeout=2.0, backoff=0.01, **kwargs)  # type: ignore[arg-type]
+
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    """A user fault's answer: exit 1, one `error:` line naming `needles`, no traceback."""
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, Served]]:
+    """tests/test_download.py's loopback HTTP server: its base URL and its state."""
+    with serve() as running:
+        yield running
+
+
+# --------------------------------------------------------------------------- disks
+
+
+def _mount(args: list[str]) -> bool:
+    return subprocess.run(args, capture_output=True).returncode == 0
+
+
+@dataclass
+class SmallDisk:
+    """A folder with `size` bytes of room: a tmpfs (root) or an injected ENOSPC past `size`."""
+
+    path: Path
+    real: bool
+    monkeypatch: pytest.MonkeyPatch
+    size: int
+
+    def grow(self, size: int) -> None:
+        """Make room, as a user who freed space would."""
+        self.size = size
+        if self.real:
+            assert _mount(["mount", "-o", f"remount,size={size}", str(self.path)])
+
+
+def _used(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _inject_enospc(disk: SmallDisk) -> None:
+    """Make the downloader's and the extractor's writes under `disk` fail past its size."""
+    from hmdbattn.data import archive
+
+    def guard(path: Path, n: int) -> None:
+        if disk.path in path.parents and _used(disk.path) + n > disk.size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    part_write = download._PartWriter.write
+
+    def capped_part_write(self: download._PartWriter, block: bytes) -> None:
+        guard(Path(self.out.name), len(block))
+        part_write(self, block)
+
+    write_blocks = archive._write_blocks
+
+    def capped_write_blocks(blocks: Iterator[bytes], out: archive.IO[bytes]) -> None:
+        def checked() -> Iterator[bytes]:
+            for block in blocks:
+                guard(Path(out.name), len(block))
+                yield block
+
+        write_blocks(checked(), out)
+
+    disk.monkeypatch.setattr(download._PartWriter, "write", capped_part_write)
+    disk.monkeypatch.setattr(archive, "_write_blocks", capped_write_blocks)
+
+
+@pytest.fixture
+def small_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[int], SmallDisk]]:
+    """Factory: a SmallDisk of the given size under tmp_path (unmounted afterwards)."""
+    mounted: list[Path] = []
+
+    def make(size: int) -> SmallDisk:
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        real = os.geteuid() == 0 and _mount(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+        )
+        disk = SmallDisk(path, real, monkeypatch, size)
+        if real:
+            mounted.append(path)
+        else:
+            _inject_enospc(disk)
+        return disk
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
+    """Make a folder read-only: a read-only bind mount as root (root ignores modes), else chmod."""
+    mounted: list[Path] = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() == 0:
+            assert _mount(["mount", "--bind", str(folder), str(folder)])
+            mounted.append(folder)
+            assert _mount(["mount", "-o", "remount,bind,ro", str(folder)])
+        else:
+            folder.chmod(0o555)
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    for p in tmp_path.rglob("*"):
+        if p.is_dir():
+            p.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- 17: a size cap
+
+
+@pytest.mark.parametrize("known", ["recorded", "given"])
+def test_runaway_body_is_stopped_at_the_expected_size(
+    tmp_path: Path, server: tuple[str, Served], monkeypatch: pytest.MonkeyPatch, known: str
+) -> None:
+    base, served = server
+    served.files["/big.bin"] = DATA * 40  # 40 MiB for a 1 MiB file, and no length said
+    served.no_length.add("/big.bin")
+    kwargs: dict[str, object] = {}
+    if known == "recorded":
+        monkeypatch.setitem(download.SIZE_LIMITS, DATA_MD5, len(DATA))
+    else:
+        kwargs["max_size"] = len(DATA)
+    dest = tmp_path / "a.bin"
+    with pytest.raises(UserError) as info:
+        fetch([f"{base}/big.bin"], dest, **kwargs)
+    message = str(info.value)
+    assert f"{base}/big.bin (sent more than the 1,048,576 bytes expected)" in message
+    assert not dest.exists() and not dest.with_name("a.bin.part").exists()
+    assert served.requests == [("/big.bin", None)]  # not retried: it would do it again
+
+    # The next mirror starts from a clean .part and the download succeeds.
+    result = fetch([f"{base}/big.bin", f"{base}/a.bin"], dest, **kwargs)
+    assert result.source == f"{base}/a.bin" and dest.read_bytes() == DATA
+
+
+def test_stated_size_over_the_expected_is_refused_before_the_body(
+    tmp_path: Path, server: tuple[str, Served]
+) -> None:
+    base, served = server
+    served.files["/big.bin"] = DATA * 8
+    dest = tmp_path / "a.bin"
+    part = dest.with_name("a.bin.part")
+    part.write_bytes(DATA[:1000])  # resumed: 206, Content-Range total 8 MiB
+    with pytest.raises(UserError, match=r"serves 8,388,608 bytes, more than the 1,048,576"):
+        fetch([f"{base}/big.bin"], dest, max_size=len(DATA))
+    assert part.read_bytes() == DATA[:1000]  # the prefix is kept for another mirror
+    part.unlink()
+    with pytest.raises(UserError, match=r"serves 8,388,608 bytes"):  # 200, Content-Length
+        fetch([f"{base}/big.bin"], dest, max_size=len(DATA))
+    assert not part.exists()
+
+
+# --------------------------------------------------------------------------- 18: keep the prefix
+
+
+def test_next_mirror_resumes_where_a_failing_mirror_stopped(
+    tmp_path: Path, server: tuple[str, Served]
+) -> None:
+    base, served = server
+    half = len(DATA) // 2
+    # Mirror 1 sends half, then (ignoring Range) answers each retry and hangs up at once.
+    served.files["/dying.bin"] = DATA
+    served.no_range.add("/dying.bin")
+    served.cut["/dying.bin"] = [half, 0, 0]
+    dest = tmp_path / "a.bin"
+    result = fetch([f"{base}/dying.bin", f"{base}/a.bin"], dest)
+    assert result.source == f"{base}/a.bin" and dest.read_bytes() == DATA
+    assert [r for r in served.requests if r[0] == "/a.bin"] == [("/a.bin", f"bytes={half}-")]
+
+
+def test_next_mirror_completes_a_truncated_mirrors_file(
+    tmp_path: Path, server: tuple[str, Served]
+) -> None:
+    base, served = server
+    half = len(DATA) // 2
+    served.files["/short.bin"] = DATA[:half]  # served whole, so its (wrong) MD5 is checked
+    dest = tmp_path / "a.bin"
+    result = fetch([f"{base}/short.bin", f"{base}/a.bin"], dest)
+    assert result.source == f"{base}/a.bin" and dest.read_bytes() == DATA
+    assert [r for r in served.requests if r[0] == "/a.bin"] == [("/a.bin", f"bytes={half}-")]
+
+
+def test_a_wrong_prefix_is_rewritten_by_the_next_mirror(
+    tmp_path: Path, server: tuple[str, Served]
+) -> None:
+    base, served = server
+    half = len(DATA) // 2
+    served.files["/junk.bin"] = b"x" * half
+    dest = tmp_path / "a.bin"
+    result = fetch([f"{base}/junk.bin", f"{base}/a.bin"], dest)
+    assert result.source == f"{base}/a.bin" and dest.read_bytes() == DATA
+    # Resumed first; the wrong MD5 then asks that mirror for the whole file.
+    assert [r for r in served.requests if r[0] == "/a.bin"] == [
+        ("/a.bin", f"bytes={half}-"),
+        ("/a.bin", None),
+    ]
+
+
+def test_prefix_survives_a_server_that_ignores_range_and_hangs_up(
+    tmp_path: Path, server: tuple[str, Served]
+) -> None:
+    base, served = server
+    served.no_range.add("/a.bin")
+    served.cut["/a.bin"] = [1000, 0, 0]  # a 200 from byte 0 that dies before the prefix's end
+    dest = tmp_path / "a.bin"
+    part = dest.with_name("a.bin.part")
+    part.write_bytes(DATA[:5000])
+    with pytest.raises(UserError, match=r"could not download a\.bin"):
+        fetch([f"{base}/a.bin"], dest)
+    assert part.read_bytes() == DATA[:5000]
+    fetch([f"{base}/a.bin"], dest)  # the server recovers: the whole body, prefix confirmed
+    assert dest.read_bytes() == DATA
+
+
+# --------------------------------------------------------------------------- 19: --from
+
+
+@pytest.fixture
+def mini_src(tmp_path: Path) -> tuple[Path, list[str]]:
+    """Small HMDB51-shaped archives and the --set options naming their MD5s."""
+    src = tmp_path / "src"
+    mini_hmdb51(src)
+    sets = [
+        "--set",
+        f'download.videos_md5="{md5sum(src / "hmdb51_org.rar")}"',
+        "--set",
+        f'download.splits_md5="{md5sum(src / "test_train_splits.rar")}"',
+    ]
+    return src, sets
+
+
+def test_from_dir_refuses_to_replace_a_wrong_archive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mini_src: tuple[Path, list[str]]
+) -> None:
+    src, sets = mini_src
+    mine = tmp_path / "root" / "archives" / "test_train_splits.rar"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"my own file")
+    code, _, err = cli(capsys, "download", "--from", src, "--root", tmp_path / "root", *sets)
+    expected = md5sum(src / "test_train_splits.rar")
+    one_line_error(code, err, str(mine), expected, hashlib.md5(b"my own file").hexdigest())
+    assert "not replaced" in err
+    assert mine.read_bytes() == b"my own file"
+
+
+# --------------------------------------------------------------------------- 8: OSErrors
+
+
+def test_destination_that_is_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mini_src: tuple[Path, list[str]]
+) -> None:
+    src, sets = mini_src
+    root = tmp_path / "root"
+    folder = root / "archives" / "test_train_splits.rar"
+    (folder / "inside").mkdir(parents=True)
+    (folder / "inside" / "keep.txt").write_text("mine")
+    code, _, err = cli(capsys, "download", "--from", src, "--root", root, *sets)
+    one_line_error(code, err, str(folder), "is a folder")
+    assert (folder / "inside" / "keep.txt").read_text() == "mine"
+
+
+def test_download_destination_that_is_a_folder(tmp_path: Path) -> None:
+    dest = tmp_path / "a.bin"
+    dest.with_name("a.bin.part").mkdir()
+    with pytest.raises(UserError, match=r"a\.bin\.part: is a folder"):
+        fetch(["http://127.0.0.1:9/a.bin"], dest)
+    dest.mkdir()
+    with pytest.raises(UserError, match=r"a\.bin: is a folder"):
+        fetch(["http://127.0.0.1:9/a.bin"], dest)
+
+
+def test_read_only_destination(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mini_src: tuple[Path, list[str]],
+    read_only: Callable[[Path], None],
+) -> None:
+    src, sets = mini_src
+    root = tmp_path / "root"
+    root.mkdir()
+    read_only(root)
+    code, _, err = cli(capsys, "download", "--from", src, "--root", root, *sets)
+    one_line_error(code, err, f"cannot create the folder {root / 'archives'}")
+    assert list(root.iterdir()) == []
+
+
+def test_disk_full_during_download_keeps_a_resumable_part(
+    server: tuple[str, Served], small_disk: Callable[[int], SmallDisk]
+) -> None:
+    base, served = server
+    disk = small_disk(256 * 1024)
+    dest = disk.path / "a.bin"
+    part = dest.with_name("a.bin.part")
+    with pytest.raises(UserError) as info:
+        fetch([f"{base}/a.bin"], dest)
+    message = str(info.value)
+    assert f"cannot write {part}: No space left on device" in message
+    assert "the download resumes" in message
+    kept = part.read_bytes()
+    assert 0 < len(kept) < len(DATA) and DATA.startswith(kept)
+
+    disk.grow(4 * MiB)
+    fetch([f"{base}/a.bin"], dest)
+    assert dest.read_bytes() == DATA and not part.exists()
+    assert served.requests[-1] == ("/a.bin", f"bytes={len(kept)}-")
