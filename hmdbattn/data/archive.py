@@ -5,8 +5,11 @@ with a UserError before anything of theirs is written, so nothing lands outside 
 destination. Each file is written to ``<name>.part`` and renamed when complete.
 
 Resumability: a finished extraction leaves a marker under ``<root>/.extract/`` (written last)
-and is skipped next time; an interrupted one starts again but keeps every file already there,
-because a file under its final name is complete by construction.
+holding a manifest (each file's path and size); it is skipped next time while every file of
+the manifest is there with its size. An interrupted or repeated extraction keeps each file
+whose content equals its member's (compared byte for byte while the member is read) and
+rewrites the others. A ``.part`` file is removed when its write fails (a full disk, ...).
+Two members that would land on one file are refused, naming both.
 
 Layout produced::
 
@@ -16,20 +19,22 @@ Layout produced::
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
-from hmdbattn.data.download import byte_progress
+from hmdbattn.data.download import CHUNK, byte_progress, os_errors
 from hmdbattn.data.hmdb51 import splits_dir, videos_dir
 from hmdbattn.errors import UserError
+from hmdbattn.fileio import atomic_write_text
 
 STATE_DIR = ".extract"
 INSTALL_HINT = (
@@ -37,6 +42,9 @@ INSTALL_HINT = (
     "`brew install libarchive` (macOS) or `conda install libarchive`"
 )
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# Which member each destination file comes from (relative path -> "member 'x' of a.rar").
+Claims = dict[str, str]
+RERUN_HINT = "; free space (or fix the folder) and run again: finished files are kept"
 
 
 @dataclass
@@ -48,6 +56,8 @@ class ExtractResult:
     written: int = 0
     kept: int = 0
     skipped: bool = False  # finished earlier: nothing was read
+    # The manifest: each file's path (relative to `dest`) and size.
+    files: dict[str, int] = field(default_factory=dict)
 
 
 def load_libarchive() -> ModuleType:
@@ -110,39 +120,128 @@ def _entries(archive: Path) -> Iterator[Any]:
 
 
 def _save(entry: Any, target: Path) -> bool:
-    """Write an entry's data to `target` via ``<target>.part``; False if already complete."""
-    if target.is_file() and target.stat().st_size == entry.size:
-        return False
+    """Put an entry's data at `target` via ``<target>.part``; False if it was there already.
+
+    A file already at `target` is kept only when its content equals the entry's (compared as
+    the entry is read); a ``.part`` whose write fails is removed.
+    """
+    if target.is_dir():
+        raise UserError(
+            f"{target}: is a folder, but an archive member belongs there; move it, then run again"
+        )
+    blocks: Iterator[bytes] = iter(entry.get_blocks())
+    with os_errors(target, "read"):
+        if target.is_file() and target.stat().st_size == entry.size:
+            blocks = _unless_equal(target, blocks)
+            first = next(blocks, None)
+            if first is None:
+                return False
+            blocks = itertools.chain([first], blocks)
     part = target.with_name(target.name + ".part")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "wb") as out:
-            for block in entry.get_blocks():
-                out.write(block)
-        os.replace(part, target)
-    except OSError as exc:
-        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+        with os_errors(part, "write", RERUN_HINT):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "wb") as out:
+                _write_blocks(blocks, out)
+            os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)  # a half-written file helps nobody: the next run redoes it
+        raise
     return True
+
+
+def _unless_equal(target: Path, blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Nothing if `target` holds exactly the data in `blocks`; else all of that data.
+
+    Reads `target` alongside; at the first difference, the equal bytes read so far are
+    yielded again from `target`, then the rest of `blocks`.
+    """
+    with open(target, "rb") as f:
+        done = 0
+        for block in blocks:
+            if f.read(len(block)) != block:
+                yield from _read_range(target, done)
+                yield block
+                yield from blocks
+                return
+            done += len(block)
+        if f.read(1):  # longer than the entry (sizes can be wrong in headers)
+            yield from _read_range(target, done)
+
+
+def _read_range(path: Path, size: int) -> Iterator[bytes]:
+    """The first `size` bytes of `path`, in chunks."""
+    with open(path, "rb") as f:
+        while size > 0:
+            block = f.read(min(CHUNK, size))
+            if not block:
+                return
+            size -= len(block)
+            yield block
+
+
+def _write_blocks(blocks: Iterable[bytes], out: IO[bytes]) -> None:
+    """Write the data blocks to `out` (one place, so tests can make the disk full here)."""
+    for block in blocks:
+        out.write(block)
 
 
 def _marker(state_dir: Path, archive_name: str) -> Path:
     return state_dir / f"{archive_name}.done"
 
 
-def _is_done(marker: Path, size: int, dest: Path) -> bool:
-    """A marker counts only for the same archive size and while the destination exists."""
+def _done_files(marker: Path, size: int, dest: Path) -> dict[str, int] | None:
+    """The manifest of a finished extraction, None unless it still holds.
+
+    A marker counts only for the same archive size, while the destination exists and every
+    file of its manifest is there with its recorded size.
+    """
     try:
         recorded = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    if not (isinstance(recorded, dict) and recorded.get("size") == size and dest.is_dir()):
+        return None
+    files = recorded.get("files")
+    if not isinstance(files, dict) or not all(_has_size(dest / rel, n) for rel, n in files.items()):
+        return None
+    return files
+
+
+def _has_size(path: Path, size: object) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == size
+    except OSError:
         return False
-    return isinstance(recorded, dict) and recorded.get("size") == size and dest.is_dir()
 
 
-def _write_marker(marker: Path, archive: Path, size: int, files: int) -> None:
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    part = marker.with_name(marker.name + ".part")
-    part.write_text(json.dumps({"archive": str(archive), "size": size, "files": files}))
-    os.replace(part, marker)
+def _write_marker(marker: Path, archive: Path, size: int, files: dict[str, int]) -> None:
+    """Record a finished extraction and its manifest (written last, atomically)."""
+    record = {"archive": str(archive), "size": size, "files": files}
+    with os_errors(marker, "write", RERUN_HINT):
+        atomic_write_text(marker, json.dumps(record))
+
+
+def _skipped(archive: Path, dest: Path, files: dict[str, int], claims: Claims) -> ExtractResult:
+    """The result of an extraction that finished earlier: nothing read, its manifest known."""
+    for rel in files:
+        claims.setdefault(rel, f"a file of {archive} (extracted earlier)")
+    return ExtractResult(archive, dest, skipped=True, files=dict(files))
+
+
+def _claim(claims: Claims, rel: str, origin: str, target: Path) -> None:
+    """Reserve `target` (`rel` under the destination) for `origin`; a second claim is refused."""
+    if rel in claims:
+        raise UserError(
+            f"refusing {origin}: it extracts to {target}, as {claims[rel]} does; "
+            "one would silently replace the other"
+        )
+    claims[rel] = origin
+
+
+def _make_dirs(folder: Path) -> None:
+    with os_errors(folder, "create the folder", RERUN_HINT):
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def extract_archive(
@@ -152,35 +251,48 @@ def extract_archive(
     flatten: bool = False,
     state_dir: Path | None = None,
     force: bool = False,
+    claims: Claims | None = None,
 ) -> ExtractResult:
     """Extract every regular file of `archive` under `dest`, safely and idempotently.
 
     `flatten` drops the folders of member paths (each file lands as ``dest/<basename>``).
     The completion marker lives in `state_dir` (default ``<dest's parent>/.extract/<dest>``);
-    `force` ignores it (complete files are still kept).
+    `force` ignores it (files whose content matches are still kept). `claims` carries the
+    files other archives put in `dest` this run, so that no archive replaces another's file.
     """
     state_dir = state_dir or dest.parent / STATE_DIR / dest.name
     marker, size = _marker(state_dir, archive.name), _archive_size(archive)
+    claims = {} if claims is None else claims
+    done = None if force else _done_files(marker, size, dest)
+    if done is not None:
+        return _skipped(archive, dest, done, claims)
+    _make_dirs(dest)
     result = ExtractResult(archive, dest)
-    if not force and _is_done(marker, size, dest):
-        result.skipped = True
-        return result
-    dest.mkdir(parents=True, exist_ok=True)
     with _entries(archive) as entries:
         for entry in entries:
-            _check_type(archive, entry)
-            rel = _entry_path(archive, entry)
-            if entry.isdir:
-                if not flatten:
-                    (dest / rel).mkdir(parents=True, exist_ok=True)
-                continue
-            target = dest / (rel.name if flatten else rel)
-            if _save(entry, target):
-                result.written += 1
-            else:
-                result.kept += 1
-    _write_marker(marker, archive, size, result.written + result.kept)
+            _extract_entry(archive, entry, dest, flatten, result, claims)
+    _write_marker(marker, archive, size, result.files)
     return result
+
+
+def _extract_entry(
+    archive: Path, entry: Any, dest: Path, flatten: bool, result: ExtractResult, claims: Claims
+) -> None:
+    """Check one entry and put it under `dest` (directories are created, files saved)."""
+    _check_type(archive, entry)
+    rel = _entry_path(archive, entry)
+    if entry.isdir:
+        if not flatten:
+            _make_dirs(dest / rel)
+        return
+    key = rel.name if flatten else str(rel)
+    target = dest / key
+    _claim(claims, key, f"member {entry.pathname!r} of {archive}", target)
+    if _save(entry, target):
+        result.written += 1
+    else:
+        result.kept += 1
+    result.files[key] = target.stat().st_size
 
 
 def _archive_size(archive: Path) -> int:
@@ -199,36 +311,42 @@ def extract_videos(archive: Path, root: Path, *, force: bool = False) -> Extract
     dest, state = videos_dir(root), root / STATE_DIR / "videos"
     tmp = root / STATE_DIR / "tmp"
     marker, size = _marker(state, archive.name), _archive_size(archive)
+    claims: Claims = {}
+    done = None if force else _done_files(marker, size, dest)
+    if done is not None:
+        return _skipped(archive, dest, done, claims)
     result = ExtractResult(archive, dest)
-    if not force and _is_done(marker, size, dest):
-        result.skipped = True
-        return result
     with byte_progress() as bar, _entries(archive) as entries:
         task = bar.add_task(f"extracting {archive.name}", total=size) if bar else None
         for entry in entries:
             _check_type(archive, entry)
             rel = _entry_path(archive, entry)
             if entry.isreg and rel.suffix.lower() == ".rar":
-                _extract_inner(entry, rel.name, dest, state, tmp, result, force)
+                inner = _extract_inner(entry, rel.name, dest, state, tmp, force, claims)
+                result.written += inner.written
+                result.kept += inner.kept
+                result.files.update(inner.files)
             if bar is not None and task is not None:
                 bar.update(task, completed=min(size, entries.bytes_read))
-    _write_marker(marker, archive, size, result.written + result.kept)
+    _write_marker(marker, archive, size, result.files)
     shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
 def _extract_inner(
-    entry: Any, name: str, dest: Path, state: Path, tmp: Path, result: ExtractResult, force: bool
-) -> None:
+    entry: Any, name: str, dest: Path, state: Path, tmp: Path, force: bool, claims: Claims
+) -> ExtractResult:
     """Extract one per-class RAR held by the outer archive, unless an earlier run did."""
-    if not force and _is_done(_marker(state, name), entry.size, dest):
-        return
+    marker = _marker(state, name)
+    done = None if force else _done_files(marker, entry.size, dest)
+    if done is not None:
+        return _skipped(Path(name), dest, done, claims)
     inner = tmp / name
-    _save(entry, inner)
-    done = extract_archive(inner, dest, state_dir=state, force=force)
-    result.written += done.written
-    result.kept += done.kept
-    inner.unlink(missing_ok=True)
+    try:
+        _save(entry, inner)
+        return extract_archive(inner, dest, state_dir=state, force=force, claims=claims)
+    finally:
+        inner.unlink(missing_ok=True)  # the inner RAR is only a step: never left behind
 
 
 def extract_splits(archive: Path, root: Path, *, force: bool = False) -> ExtractResult:
