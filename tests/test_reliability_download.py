@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from climain import cli
-from rar4 import mini_hmdb51
+from rar4 import directory, file, mini_hmdb51, rar4_bytes, write_rar4
 from test_download import DATA, DATA_MD5, Served, serve
 
 from hmdbattn.data import download
 from hmdbattn.data.download import download_file, md5sum
+from hmdbattn.data.verify import Expected
 from hmdbattn.errors import UserError
 from hmdbattn.report import quiet
 
@@ -262,10 +263,15 @@ def test_prefix_survives_a_server_that_ignores_range_and_hangs_up(
 
 
 @pytest.fixture
-def mini_src(tmp_path: Path) -> tuple[Path, list[str]]:
-    """Small HMDB51-shaped archives and the --set options naming their MD5s."""
+def mini_src(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[str]]:
+    """Small HMDB51-shaped archives and the --set options naming their MD5s.
+
+    `hmdbattn download` verifies the result against these archives' counts.
+    """
+    import hmdbattn.cli.download as cli_download
+
     src = tmp_path / "src"
-    mini_hmdb51(src)
+    monkeypatch.setattr(cli_download, "EXPECTED", Expected(**mini_hmdb51(src)))
     sets = [
         "--set",
         f'download.videos_md5="{md5sum(src / "hmdb51_org.rar")}"',
@@ -349,3 +355,136 @@ def test_disk_full_during_download_keeps_a_resumable_part(
     fetch([f"{base}/a.bin"], dest)
     assert dest.read_bytes() == DATA and not part.exists()
     assert served.requests[-1] == ("/a.bin", f"bytes={len(kept)}-")
+
+
+# --------------------------------------------------------------------------- 20: extraction
+
+
+def _download(
+    capsys: pytest.CaptureFixture[str], mini_src: tuple[Path, list[str]], root: Path
+) -> tuple[int, str, str]:
+    src, sets = mini_src
+    return cli(capsys, "download", "--from", src, "--root", root, *sets)
+
+
+def _a_video(root: Path) -> Path:
+    return root / "videos" / "cartwheel" / "cartwheel_Hamlet_(1996)_&_it's!-3.avi"
+
+
+def test_same_size_file_with_other_content_is_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mini_src: tuple[Path, list[str]]
+) -> None:
+    root = tmp_path / "root"
+    video = _a_video(root)
+    good = b"cartwheel3" * 50
+    video.parent.mkdir(parents=True)
+    video.write_bytes(b"x" * len(good))  # the right size, not the right content
+    code, _, err = _download(capsys, mini_src, root)
+    assert code == 0, err
+    assert video.read_bytes() == good
+    assert not list(root.rglob("*.part"))
+
+
+def test_damaged_file_after_a_finished_extraction_is_restored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mini_src: tuple[Path, list[str]]
+) -> None:
+    root = tmp_path / "root"
+    assert _download(capsys, mini_src, root)[0] == 0
+    video = _a_video(root)
+    good = video.read_bytes()
+    others = {p: p.stat().st_ino for p in (root / "videos").rglob("*.avi") if p != video}
+    video.write_bytes(good[:100])  # truncated since: the manifest's size no longer holds
+    code, _, err = _download(capsys, mini_src, root)
+    assert code == 0, err
+    assert video.read_bytes() == good
+    assert {p: p.stat().st_ino for p in others} == others  # the intact files were kept
+
+
+def test_two_members_for_one_file_are_refused_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mini_src: tuple[Path, list[str]]
+) -> None:
+    src, sets = mini_src
+    splits = src / "test_train_splits.rar"
+    write_rar4(
+        splits,
+        [
+            ("testTrainMulti_7030_splits/kiss_test_split1.txt", b"a.avi 1\n"),
+            ("old/kiss_test_split1.txt", b"b.avi 2\n"),
+        ],
+    )
+    sets = [*sets[:2], "--set", f'download.splits_md5="{md5sum(splits)}"']
+    root = tmp_path / "root"
+    code, _, err = cli(capsys, "download", "--from", src, "--root", root, *sets)
+    one_line_error(
+        code,
+        err,
+        "'old/kiss_test_split1.txt'",
+        "'testTrainMulti_7030_splits/kiss_test_split1.txt'",
+        str(root / "splits" / "kiss_test_split1.txt"),
+    )
+    assert (root / "splits" / "kiss_test_split1.txt").read_bytes() == b"a.avi 1\n"
+    assert not (root / ".extract" / "splits").exists()  # no marker: not "done"
+
+
+def test_two_class_archives_for_one_file_are_refused(tmp_path: Path) -> None:
+    from hmdbattn.data.archive import extract_videos
+
+    kiss = rar4_bytes([directory("kiss"), file("kiss/a.avi", b"first")])
+    again = rar4_bytes([directory("kiss"), file("kiss/a.avi", b"second")])
+    outer = write_rar4(
+        tmp_path / "hmdb51_org.rar", [file("kiss.rar", kiss), file("kiss2.rar", again)]
+    )
+    with quiet(), pytest.raises(UserError) as info:
+        extract_videos(outer, tmp_path / "root")
+    message = str(info.value)
+    assert "member 'kiss/a.avi' of" in message and "kiss2.rar" in message and "kiss.rar" in message
+    assert (tmp_path / "root" / "videos" / "kiss" / "a.avi").read_bytes() == b"first"
+
+
+def test_truncated_archive_leaves_no_part_file(tmp_path: Path) -> None:
+    from hmdbattn.data.archive import extract_archive
+
+    data = rar4_bytes([("a.txt", b"A" * 5000), ("b.txt", b"B" * 300_000)])
+    cut = write_rar4(tmp_path / "cut.rar", [])
+    cut.write_bytes(data[: data.index(b"B" * 10) + 100_000])
+    with pytest.raises(UserError, match=r"cut\.rar: cannot read archive"):
+        extract_archive(cut, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.txt"]
+
+
+def test_disk_full_during_extraction_removes_the_part_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], small_disk: Callable[[int], SmallDisk]
+) -> None:
+    big = bytes(range(256)) * 1200  # 300 KiB
+    src = tmp_path / "src"
+    inner = rar4_bytes([directory("kiss"), file("kiss/big.avi", big)])
+    write_rar4(src / "hmdb51_org.rar", [file("kiss.rar", inner)])
+    split = b"big.avi 1\n"
+    write_rar4(
+        src / "test_train_splits.rar", [(f"kiss_test_split{k}.txt", split) for k in (1, 2, 3)]
+    )
+    sets = [
+        "--set",
+        f'download.videos_md5="{md5sum(src / "hmdb51_org.rar")}"',
+        "--set",
+        f'download.splits_md5="{md5sum(src / "test_train_splits.rar")}"',
+    ]
+    import hmdbattn.cli.download as cli_download
+
+    disk = small_disk(800 * 1024)  # the archives (copied) and the inner RAR fit, the video not
+    root = disk.path / "root"
+    args = ["download", "--from", src, "--root", root, *sets]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_download, "EXPECTED", Expected(1, 1, 3, 1, 0, 0))
+        code, _, err = cli(capsys, *args)
+        video = root / "videos" / "kiss" / "big.avi"
+        one_line_error(code, err, f"cannot write {video}.part: No space left on device")
+        assert "finished files are kept" in err
+        assert not list(root.rglob("*.part")) and not list((root / ".extract").rglob("*.rar"))
+        assert sorted(p.name for p in (root / "splits").iterdir()) == [
+            f"kiss_test_split{k}.txt" for k in (1, 2, 3)
+        ]
+        disk.grow(4 * MiB)
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+        assert video.read_bytes() == big

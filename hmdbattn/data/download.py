@@ -255,8 +255,8 @@ def _copy_body(
 def _open_part(part: Path) -> Iterator[IO[bytes]]:
     """The ``.part`` file opened for reading and writing, created empty if absent."""
     with os_errors(part, "write", RESUME_HINT):
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
-        out = os.fdopen(fd, "r+b")
+        part.touch()
+        out = open(part, "r+b")  # noqa: SIM115 (closed by the `with` below)
     with out:
         yield out
 
