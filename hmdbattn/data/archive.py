@@ -44,7 +44,7 @@ INSTALL_HINT = (
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Which member each destination file comes from (relative path -> "member 'x' of a.rar").
 Claims = dict[str, str]
-RERUN_HINT = "; free space (or fix the folder) and run again: finished files are kept"
+RERUN_HINT = "; make room (or make the folder writable) and run again: finished files are kept"
 
 
 @dataclass

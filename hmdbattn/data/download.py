@@ -49,7 +49,7 @@ SIZE_LIMITS = {
     "517d6f1f19f215c45cdd4d25356be1fb": 2_500_000_000,  # hmdb51_org.rar
     "15e67781e70dcfbdce2d7dbb9b3344b5": 1_000_000,  # test_train_splits.rar
 }
-RESUME_HINT = "; free space (or fix the folder) and run the command again: the download resumes"
+RESUME_HINT = "; make room (or make the folder writable) and run again: the download resumes"
 
 Action = Literal["downloaded", "present", "linked", "copied"]
 
