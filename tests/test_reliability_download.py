@@ -180,6 +180,24 @@ def test_runaway_body_is_stopped_at_the_expected_size(
     assert result.source == f"{base}/a.bin" and dest.read_bytes() == DATA
 
 
+def test_cli_runaway_server_is_one_line_and_leaves_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    server: tuple[str, Served],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base, served = server
+    served.files["/test_train_splits.rar"] = DATA * 40
+    served.no_length.add("/test_train_splits.rar")
+    monkeypatch.setitem(download.SIZE_LIMITS, DATA_MD5, len(DATA))  # as recorded for HMDB51's
+    url = f"{base}/test_train_splits.rar"
+    root = tmp_path / "root"
+    sets = [f'download.splits_urls=["{url}"]', f'download.splits_md5="{DATA_MD5}"']
+    code, _, err = cli(capsys, "download", "--root", root, *(x for s in sets for x in ("--set", s)))
+    one_line_error(code, err, f"{url} (sent more than the 1,048,576 bytes expected)")
+    assert list((root / "archives").iterdir()) == []
+
+
 def test_stated_size_over_the_expected_is_refused_before_the_body(
     tmp_path: Path, server: tuple[str, Served]
 ) -> None:
