@@ -252,13 +252,15 @@ def extract_archive(
     state_dir: Path | None = None,
     force: bool = False,
     claims: Claims | None = None,
+    label: str | None = None,
 ) -> ExtractResult:
     """Extract every regular file of `archive` under `dest`, safely and idempotently.
 
     `flatten` drops the folders of member paths (each file lands as ``dest/<basename>``).
     The completion marker lives in `state_dir` (default ``<dest's parent>/.extract/<dest>``);
     `force` ignores it (files whose content matches are still kept). `claims` carries the
-    files other archives put in `dest` this run, so that no archive replaces another's file.
+    files other archives put in `dest` this run, so that no archive replaces another's file;
+    `label` names the archive in such a refusal (default: its path).
     """
     state_dir = state_dir or dest.parent / STATE_DIR / dest.name
     marker, size = _marker(state_dir, archive.name), _archive_size(archive)
@@ -270,13 +272,20 @@ def extract_archive(
     result = ExtractResult(archive, dest)
     with _entries(archive) as entries:
         for entry in entries:
-            _extract_entry(archive, entry, dest, flatten, result, claims)
+            origin = f"member {entry.pathname!r} of {label or archive}"
+            _extract_entry(archive, entry, dest, flatten, result, claims, origin)
     _write_marker(marker, archive, size, result.files)
     return result
 
 
 def _extract_entry(
-    archive: Path, entry: Any, dest: Path, flatten: bool, result: ExtractResult, claims: Claims
+    archive: Path,
+    entry: Any,
+    dest: Path,
+    flatten: bool,
+    result: ExtractResult,
+    claims: Claims,
+    origin: str,
 ) -> None:
     """Check one entry and put it under `dest` (directories are created, files saved)."""
     _check_type(archive, entry)
@@ -287,7 +296,7 @@ def _extract_entry(
         return
     key = rel.name if flatten else str(rel)
     target = dest / key
-    _claim(claims, key, f"member {entry.pathname!r} of {archive}", target)
+    _claim(claims, key, origin, target)
     if _save(entry, target):
         result.written += 1
     else:
@@ -322,7 +331,7 @@ def extract_videos(archive: Path, root: Path, *, force: bool = False) -> Extract
             _check_type(archive, entry)
             rel = _entry_path(archive, entry)
             if entry.isreg and rel.suffix.lower() == ".rar":
-                inner = _extract_inner(entry, rel.name, dest, state, tmp, force, claims)
+                inner = _extract_inner(entry, rel.name, dest, state, tmp, force, claims, archive)
                 result.written += inner.written
                 result.kept += inner.kept
                 result.files.update(inner.files)
@@ -334,17 +343,26 @@ def extract_videos(archive: Path, root: Path, *, force: bool = False) -> Extract
 
 
 def _extract_inner(
-    entry: Any, name: str, dest: Path, state: Path, tmp: Path, force: bool, claims: Claims
+    entry: Any,
+    name: str,
+    dest: Path,
+    state: Path,
+    tmp: Path,
+    force: bool,
+    claims: Claims,
+    outer: Path,
 ) -> ExtractResult:
     """Extract one per-class RAR held by the outer archive, unless an earlier run did."""
     marker = _marker(state, name)
     done = None if force else _done_files(marker, entry.size, dest)
     if done is not None:
-        return _skipped(Path(name), dest, done, claims)
+        return _skipped(Path(f"{name} in {outer}"), dest, done, claims)
     inner = tmp / name
     try:
         _save(entry, inner)
-        return extract_archive(inner, dest, state_dir=state, force=force, claims=claims)
+        return extract_archive(
+            inner, dest, state_dir=state, force=force, claims=claims, label=f"{name} in {outer}"
+        )
     finally:
         inner.unlink(missing_ok=True)  # the inner RAR is only a step: never left behind
 
