@@ -19,6 +19,7 @@ Layout produced::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -44,7 +45,9 @@ INSTALL_HINT = (
 _DRIVE = re.compile(r"^[A-Za-z]:")
 # Which member each destination file comes from (relative path -> "member 'x' of a.rar").
 Claims = dict[str, str]
-RERUN_HINT = "; make room (or make the folder writable) and run again: finished files are kept"
+RERUN_HINT = (
+    "; fix that (disk space, permissions, a file in the way) and run again: finished files are kept"
+)
 
 
 @dataclass
@@ -145,7 +148,10 @@ def _save(entry: Any, target: Path) -> bool:
                 _write_blocks(blocks, out)
             os.replace(part, target)
     except BaseException:
-        part.unlink(missing_ok=True)  # a half-written file helps nobody: the next run redoes it
+        # A half-written file helps nobody: the next run redoes it. (A folder that could not
+        # be made leaves nothing to remove; that error is the one to report.)
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
         raise
     return True
 

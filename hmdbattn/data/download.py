@@ -2,7 +2,11 @@
 
 A download goes to ``<name>.part`` next to its final name and is renamed only once its MD5
 matches, so a file under its final name is always complete. An interrupted download resumes
-with an HTTP Range request; a server that ignores Range simply sends the whole file again.
+with an HTTP Range request, on the same mirror or the next one: the bytes already in the
+``.part`` are kept until the final MD5 says otherwise. A server that ignores Range sends the
+whole file again; its bytes are compared with the ``.part``'s, not written over them, so a
+connection lost early costs nothing already there. No more bytes are accepted than the file
+can have (the size the server states, or the size recorded for a known archive).
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ SIZE_LIMITS = {
     "517d6f1f19f215c45cdd4d25356be1fb": 2_500_000_000,  # hmdb51_org.rar
     "15e67781e70dcfbdce2d7dbb9b3344b5": 1_000_000,  # test_train_splits.rar
 }
-RESUME_HINT = "; make room (or make the folder writable) and run again: the download resumes"
+RESUME_HINT = (
+    "; fix that (disk space, permissions, a file in the way) and run again: the download resumes"
+)
 
 Action = Literal["downloaded", "present", "linked", "copied"]
 
