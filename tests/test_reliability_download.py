@@ -28,10 +28,12 @@ from hmdbattn.report import quiet
 MiB = 1 << 20
 
 
-def fetch(urls: list[str], dest: Path, **kwargs: object) -> download.FetchResult:
+def fetch(urls: list[str], dest: Path, max_size: int | None = None) -> download.FetchResult:
     """download_file with few retries, a tiny back-off and no progress bar."""
     with quiet():
-        return download_file(urls, dest, DATA_MD5, retries=2, timeout=2.0, backoff=0.01, **kwargs)  # type: ignore[arg-type]
+        return download_file(
+            urls, dest, DATA_MD5, retries=2, timeout=2.0, backoff=0.01, max_size=max_size
+        )
 
 
 def one_line_error(code: int, err: str, *needles: str) -> None:
@@ -162,21 +164,21 @@ def test_runaway_body_is_stopped_at_the_expected_size(
     base, served = server
     served.files["/big.bin"] = DATA * 40  # 40 MiB for a 1 MiB file, and no length said
     served.no_length.add("/big.bin")
-    kwargs: dict[str, object] = {}
+    max_size = None
     if known == "recorded":
         monkeypatch.setitem(download.SIZE_LIMITS, DATA_MD5, len(DATA))
     else:
-        kwargs["max_size"] = len(DATA)
+        max_size = len(DATA)
     dest = tmp_path / "a.bin"
     with pytest.raises(UserError) as info:
-        fetch([f"{base}/big.bin"], dest, **kwargs)
+        fetch([f"{base}/big.bin"], dest, max_size)
     message = str(info.value)
     assert f"{base}/big.bin (sent more than the 1,048,576 bytes expected)" in message
     assert not dest.exists() and not dest.with_name("a.bin.part").exists()
     assert served.requests == [("/big.bin", None)]  # not retried: it would do it again
 
     # The next mirror starts from a clean .part and the download succeeds.
-    result = fetch([f"{base}/big.bin", f"{base}/a.bin"], dest, **kwargs)
+    result = fetch([f"{base}/big.bin", f"{base}/a.bin"], dest, max_size)
     assert result.source == f"{base}/a.bin" and dest.read_bytes() == DATA
 
 
