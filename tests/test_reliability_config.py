@@ -131,7 +131,7 @@ def test_malformed_environment_fails_plain_config_construction_as_a_config_error
         Config()
 
 
-def test_good_environment_variables_beside_a_bad_one_still_apply(
+def test_well_formed_environment_variables_are_read_as_before(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HMDBATTN_DATA__RESIZE", "[64, 80]")
@@ -139,6 +139,19 @@ def test_good_environment_variables_beside_a_bad_one_still_apply(
     monkeypatch.setenv("HMDBATTN_TRAIN__LR", "0.01")
     config = load_config(None, {"data.crop_size": 56})
     assert (config.data.resize, config.train.epochs, config.train.lr) == ((64, 80), 3, 0.01)
+
+
+def test_a_malformed_variable_does_not_hide_the_other_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HMDBATTN_DATA__RESIZE", "[1,")
+    monkeypatch.setenv("HMDBATTN_TRAIN__EPOCHS", "0")  # readable, but out of range
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    message = str(info.value)
+    assert message.startswith("2 config error(s)")
+    assert "[environment HMDBATTN_DATA__RESIZE]" in message
+    assert "train.epochs: Input should be greater than or equal to 1 (got '0')" in message
 
 
 def test_unknown_environment_section_is_one_warning_with_a_hint(
