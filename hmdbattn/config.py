@@ -782,7 +782,7 @@ def check_key(key: str) -> str | None:
 # --------------------------------------------------------------------------- writing
 
 
-# TOML's short escapes; every other control character is written as \\uXXXX.
+# TOML's short escapes; every other control character is written as \uXXXX.
 _TOML_ESCAPES = {
     '"': '\\"',
     "\\": "\\\\",
@@ -814,6 +814,11 @@ def toml_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def _toml_key(key: str) -> str:
+    """`key` bare when TOML allows it (every config key), else quoted."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_string(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -834,12 +839,12 @@ def dump_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
     """
     out: list[str] = []
     for section, values in data.items():
-        out.append(f"[{section}]")
+        out.append(f"[{_toml_key(section)}]")
         for key, value in values.items():
             if value is None:
                 continue
             try:
-                out.append(f"{key} = {_toml_value(value)}")
+                out.append(f"{_toml_key(key)} = {_toml_value(value)}")
             except ValueError as exc:
                 raise ConfigError(
                     f"{section}.{key} = {value!r} cannot be written as TOML, {exc}: "

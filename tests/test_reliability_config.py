@@ -94,7 +94,8 @@ def test_toml_writer_round_trips_awkward_strings(tmp_path: Path, text: str) -> N
     # Every line of the file is one key: a value never spills onto the next line.
     lines = path.read_text(encoding="utf-8").split("\n")
     assert all(" = " in line or line.startswith("[") or not line for line in lines)
-    assert tomllib.loads(dump_toml({"s": {"v": text}})) == {"s": {"v": text}}
+    data = {"s": {"v": text}, f"section {text}": {f"key {text}": [text]}}
+    assert tomllib.loads(dump_toml(data)) == data  # keys and section names too
 
 
 def test_a_value_toml_cannot_hold_is_an_error_naming_its_key() -> None:
