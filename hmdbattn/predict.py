@@ -13,7 +13,8 @@ that length every ``stride`` seconds, the last one ending at the end of the vide
 each window is scored by the clips of ``clip_duration`` that cover it, placed as evaluation places
 them (`clips.cover`), so the model always sees frames at the rate it was trained on. A video or
 window not longer than one clip is a single clip over all of it, frames repeating (the short-video
-rule of clips.py).
+rule of clips.py). A window or stride shorter than one frame of the video, or a scan of more than
+`MAX_WINDOWS` windows, is refused with a `WindowError` saying the smallest usable value.
 
 Probabilities. A clip's are the softmax of its logits (mean over crops with ``eval_crops = 3``);
 a window's the mean of its clips'; the video's the mean of its windows' (with the default

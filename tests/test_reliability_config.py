@@ -19,6 +19,7 @@ from videofiles import write_avi
 from hmdbattn import config as config_module
 from hmdbattn import load_config
 from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from hmdbattn.cli import predict as cli_predict
 from hmdbattn.config import Config, dump_toml, section_fields
 from hmdbattn.errors import ConfigError
 from hmdbattn.models.classifier import build_model
@@ -299,6 +300,7 @@ def test_window_count_is_capped_before_windows_are_made() -> None:
     smallest = float(message.rsplit("--stride ", 1)[1].split()[0])
     assert len(plan_windows(hours, FPS, data, window=2.0, stride=smallest)) <= MAX_WINDOWS
     assert len(plan_windows(60 * FPS, FPS, data, window=2.0, stride=1 / FPS)) == 871  # 1 min
+    assert cli_predict.MAX_WINDOWS == MAX_WINDOWS  # the cap --help states
 
 
 def test_predict_with_a_stride_below_one_frame_is_one_line_and_quick(
