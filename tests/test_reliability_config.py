@@ -125,6 +125,21 @@ def test_malformed_environment_variables_are_config_errors_naming_them(
     assert "model.cnn_blocks: Input should be less than or equal to 8 (got 9) [--set]" in err
 
 
+def test_malformed_environment_on_resume_leaves_the_run_untouched(
+    capsys, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(load_config(None, TINY).to_toml(), encoding="utf-8")
+    (run / "last.pt").write_bytes(b"checkpoint bytes")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    monkeypatch.setenv("HMDBATTN_DATA__RESIZE", "[1,")
+    code, _, err = cli(capsys, "train", "--resume", run)
+    err = one_line_error(code, err, 2)
+    assert "(got '[1,') [environment HMDBATTN_DATA__RESIZE]" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_malformed_environment_fails_plain_config_construction_as_a_config_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
