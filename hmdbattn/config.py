@@ -13,18 +13,28 @@ Every error of every source is collected and reported together, each under its d
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -32,6 +42,7 @@ from pydantic_settings import (
 
 from hmdbattn.data import hmdb51
 from hmdbattn.errors import ConfigError
+from hmdbattn.report import err_console
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,12 +52,23 @@ else:  # pragma: no cover
 ENV_PREFIX = "HMDBATTN_"
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
+# train.name is a folder name: letters and digits (any script), then also . _ - + = , @;
+# no separators, spaces or control characters, and not so long that file systems refuse it.
+RUN_NAME = re.compile(r"[^\W_][\w.+=,@-]{0,127}")
+RUN_NAME_RULE = (
+    "use letters, digits and . _ - + = , @ (starting with a letter or digit), "
+    "at most 128 characters"
+)
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are checked on assignment too."""
+    """A config section: unknown keys are errors, values are checked on assignment too.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Every float of every section is finite: ``inf`` and ``nan`` (which TOML, JSON and the
+    environment all accept) are refused, as no rate, duration, ratio or weight means them.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -264,6 +286,14 @@ class TrainConfig(Section):
     patience: int = Field(0, ge=0, description="early stopping epochs; 0 = off")
     tensorboard: bool = Field(True, description="log to <run>/tensorboard if it is installed")
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, name: str | None) -> str | None:
+        # The name becomes a folder (and is written to config.toml): one plain path component.
+        if name and not RUN_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a usable run name: {RUN_NAME_RULE}")
+        return name
+
 
 class EvalConfig(Section):
     """Which videos `hmdbattn eval` scores."""
@@ -376,13 +406,133 @@ class Config(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file layer is passed in as `_file` (see load_config), below the environment.
-        file_data = init_settings.init_kwargs.pop("_file", {})  # type: ignore[attr-defined]
-        return init_settings, env_settings, InitSettingsSource(settings_cls, file_data)
+        # The file layer is passed in as `_file` (see load_config), below the environment;
+        # `_env_problems` collects the environment variables that cannot be read.
+        init_kwargs = init_settings.init_kwargs  # type: ignore[attr-defined]
+        file_data = init_kwargs.pop("_file", {})
+        environment = CheckedEnvSource(settings_cls, init_kwargs.pop("_env_problems", None))
+        return init_settings, environment, InitSettingsSource(settings_cls, file_data)
 
     def to_toml(self) -> str:
         """The resolved configuration as TOML (what a run directory records)."""
         return dump_toml(self.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class EnvProblem:
+    """An ``HMDBATTN_*`` variable that cannot be read: its key, name, value and why."""
+
+    key: str  # "data.resize", or "train" for a whole-section variable
+    variable: str  # as the environment spells it
+    value: str
+    reason: str
+
+    def line(self) -> str:
+        """The problem as a line of the config error list."""
+        return f"  {self.key}: {self.reason} (got {self.value!r}) [environment {self.variable}]"
+
+
+_warned: set[str] = set()  # unknown variables already warned about in this process
+
+
+class CheckedEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, one variable at a time.
+
+    A variable it cannot parse (JSON of a list, tuple or whole section) would abort the whole
+    config with a SettingsError naming neither the variable nor its value: here it is set aside
+    as an `EnvProblem`, appended to `problems` (the caller reports them with the other config
+    errors), or raised as a ConfigError at once when no list is given. A variable naming no
+    section is ignored with a warning on stderr (once per process).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], problems: list[EnvProblem] | None):
+        super().__init__(settings_cls)
+        found: list[EnvProblem] = []
+        readable = dict(self.env_vars)
+        for name, value in self.env_vars.items():
+            if name.upper().startswith(ENV_PREFIX) and value is not None:
+                problem = self._check(name, value)
+                if problem is not None:
+                    found.append(problem)
+                    del readable[name]
+        self.env_vars = readable
+        if problems is None and found:
+            raise ConfigError(
+                "\n".join([f"{len(found)} config error(s):"] + [p.line() for p in found])
+            )
+        if problems is not None:
+            problems.extend(found)
+
+    def _check(self, name: str, value: str) -> EnvProblem | None:
+        """Why variable `name` cannot be read (None if it can); warn when it names no section."""
+        section, _, rest = name[len(ENV_PREFIX) :].partition(self.env_nested_delimiter or "__")
+        section = section.lower()
+        info = self.settings_cls.model_fields.get(section)
+        if info is None:
+            _warn_unknown(_spelled(name), section)
+            return None
+        everything = self.env_vars
+        self.env_vars = {name: value}  # parse this variable alone, as pydantic-settings does
+        try:
+            found, _, is_complex = self._get_resolved_field_value(info, section)
+            self.prepare_field_value(section, info, found, is_complex)
+        except ValueError as exc:
+            key = section + ("." + rest.lower() if rest else "")
+            return EnvProblem(key, _spelled(name), value, _json_reason(key, exc))
+        finally:
+            self.env_vars = everything
+        return None
+
+
+def _spelled(name: str) -> str:
+    """An environment variable's name as the environment spells it (sources lower-case it)."""
+    return next((n for n in os.environ if n.lower() == name.lower()), name.upper())
+
+
+def _json_reason(key: str, exc: ValueError) -> str:
+    """What is wrong with the JSON of `key`'s variable, with an example of what is expected."""
+    detail = f"not valid JSON ({exc})"
+    section, _, name = key.partition(".")
+    fields = section_fields().get(section, {})
+    if not name:
+        first, info = next(iter(fields.items()))
+        example = json.dumps({first: _plain(info.get_default())})
+        return f"{detail}: expected a JSON object such as {example}"
+    known = fields.get(name)
+    default = known.get_default() if known is not None else None
+    if default is None:
+        return detail
+    return f"{detail}: expected JSON such as {json.dumps(_plain(default))}"
+
+
+def _plain(value: Any) -> Any:
+    """A default as JSON sees it (tuples as lists, paths as strings)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _warn_unknown(variable: str, section: str) -> None:
+    """One line on stderr for an ``HMDBATTN_`` variable that names no section."""
+    if variable in _warned:
+        return
+    _warned.add(variable)
+    close = difflib.get_close_matches(section, list(Config.model_fields), n=1)
+    if close:
+        fixed = ENV_PREFIX + close[0].upper() + variable[len(ENV_PREFIX) + len(section) :]
+        hint = f"did you mean {fixed}?"
+    else:
+        hint = "the sections are " + ", ".join(Config.model_fields)
+    err_console.print(
+        f"warning: environment variable {variable} is ignored: there is no config section "
+        f"{section!r}; {hint}",
+        style="yellow",
+        markup=False,
+        highlight=False,
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -440,16 +590,18 @@ def load_config(
     overrides: Overrides | None = None,
     base: Mapping[str, Mapping[str, Any]] | None = None,
     layers: Mapping[str, Overrides] | None = None,
+    base_name: str = "saved config",
 ) -> Config:
     """Resolve a configuration from defaults, a TOML file, the environment and overrides.
 
     ``overrides`` is a dict of dotted keys (``{"model.cnn_blocks": 4}``) or a list of
     ``"section.key=value"`` strings. ``base`` (for example the config saved in a checkpoint)
-    sits below the file. ``layers`` are more named overrides, lowest priority first, all above
+    sits below the file; ``base_name`` is what an error in it is labelled with (the
+    checkpoint's path). ``layers`` are more named overrides, lowest priority first, all above
     the environment and below ``overrides`` (which is the layer named ``--set``); an error names
     the layer its value came from. Raises ConfigError listing every problem found.
     """
-    return _resolve(path, overrides, base, layers)[0]
+    return _resolve(path, overrides, base, layers, base_name)[0]
 
 
 def _resolve(
@@ -457,21 +609,35 @@ def _resolve(
     overrides: Overrides | None,
     base: Mapping[str, Mapping[str, Any]] | None = None,
     layers: Mapping[str, Overrides] | None = None,
+    base_name: str = "saved config",
 ) -> tuple[Config, Sources]:
     """The config and what each source holds (to say where a value came from)."""
-    file_data = {section: dict(values) for section, values in (base or {}).items()}
-    if path is not None:
-        _merge_into(file_data, read_toml(Path(path)))
+    base_data = _sections(base or {}, base_name)
+    own = read_toml(Path(path)) if path is not None else {}
+    file_data = {section: dict(values) for section, values in base_data.items()}
+    _merge_into(file_data, own)
     named = [(name, parse_overrides(values)) for name, values in (layers or {}).items()]
     named.append(("--set", parse_overrides(overrides)))
-    sources = Sources(path, file_data, [(name, data) for name, data in reversed(named) if data])
+    layered = [(name, data) for name, data in reversed(named) if data]
+    sources = Sources(path, own, layered, base_name, base_data)
     set_data: dict[str, Any] = {}
     for _, data in named:
         _merge_into(set_data, data)
+    env_problems: list[EnvProblem] = []
     try:
-        return Config(**set_data, _file=file_data), sources  # type: ignore[call-arg]
+        config = Config(**set_data, _file=file_data, _env_problems=env_problems)  # type: ignore[call-arg]
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, sources)) from None
+        raise ConfigError(_describe(exc, sources, env_problems)) from None
+    if env_problems:
+        raise ConfigError(_describe(None, sources, env_problems))
+    return config, sources
+
+
+def _sections(base: Mapping[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """`base` as section -> keys; anything else (a damaged checkpoint) is a ConfigError."""
+    if not isinstance(base, Mapping) or not all(isinstance(v, Mapping) for v in base.values()):
+        raise ConfigError(f"{name}: the stored config is not a table of sections")
+    return {str(section): dict(values) for section, values in base.items()}
 
 
 def _merge_into(target: dict[str, Any], data: Mapping[str, Any]) -> None:
@@ -501,8 +667,10 @@ class Sources:
     """What each source of a resolved config holds, to tell which one set a key."""
 
     path: str | Path | None
-    file_data: dict[str, Any]
+    file_data: dict[str, Any]  # the file's own keys (not the base's)
     layers: list[tuple[str, dict[str, Any]]]  # (name, nested overrides), highest priority first
+    base_name: str = "saved config"
+    base_data: dict[str, Any] = field(default_factory=dict)  # below the file (a checkpoint's)
 
     def layers_setting(self, key: tuple[str, ...]) -> list[str]:
         """The override layers holding `key` (or, for a section, any of its keys)."""
@@ -527,6 +695,8 @@ class Sources:
             return f"environment {variable}"
         if self.path is not None and _has(self.file_data, key):
             return f"file {self.path}"
+        if _has(self.base_data, key):
+            return f"base {self.base_name}"
         return "default"
 
     def origin(self, key: tuple[str, ...]) -> str:
@@ -537,15 +707,21 @@ class Sources:
         source = self.source(key)
         if source == "default":
             return "defaults" if self.path is None else f"{self.path} (default value)"
-        return source.removeprefix("file ")
+        return source.removeprefix("file ").removeprefix("base ")
 
 
-def _describe(exc: ValidationError, sources: Sources) -> str:
-    lines = [f"{exc.error_count()} config error(s):"]
-    for err in exc.errors():
+def _describe(
+    exc: ValidationError | None, sources: Sources, env_problems: Iterable[EnvProblem] = ()
+) -> str:
+    """Every error of a config, one line each under its dotted key and where it came from."""
+    errors = exc.errors() if exc is not None else []
+    lines = [p.line() for p in env_problems]
+    lines.insert(0, f"{len(errors) + len(lines)} config error(s):")
+    for err in errors:
         key = tuple(str(p) for p in err["loc"] if not isinstance(p, int))
         dotted = ".".join(key) or "(top level)"
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        message = message.removeprefix("Value error, ")  # our own checks' messages say it all
         shown = err["type"] not in ("extra_forbidden", "value_error")
         value = f" (got {err['input']!r})" if shown else ""
         if err["type"] == "extra_forbidden":
@@ -606,24 +782,74 @@ def check_key(key: str) -> str | None:
 # --------------------------------------------------------------------------- writing
 
 
+# TOML's short escapes; every other control character is written as \uXXXX.
+_TOML_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def toml_string(text: str) -> str:
+    """`text` as a TOML basic string that reads back equal: quotes, backslashes, control
+    characters (newlines, tabs, DEL...) escaped; other Unicode kept as it is.
+
+    Raises ValueError for a lone surrogate (what Python makes of undecodable bytes in a file
+    name): TOML files are UTF-8 and cannot hold one.
+    """
+    out = []
+    for char in text:
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04X}")
+        elif "\ud800" <= char <= "\udfff":
+            raise ValueError(f"it holds {char!r}, which is not UTF-8 text")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    """`key` bare when TOML allows it (every config key), else quoted."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_string(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def dump_toml(data: Mapping[str, Mapping[str, Any]]) -> str:
-    """Write a two-level dict as TOML; None values are left out (they mean 'default')."""
+    """Write a two-level dict as TOML; None values are left out (they mean 'default').
+
+    Whatever it writes reads back equal with ``tomllib``; a value it cannot write (see
+    `toml_string`) is a ConfigError naming its key.
+    """
     out: list[str] = []
     for section, values in data.items():
-        out.append(f"[{section}]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        out.append(f"[{_toml_key(section)}]")
+        for key, value in values.items():
+            if value is None:
+                continue
+            try:
+                out.append(f"{_toml_key(key)} = {_toml_value(value)}")
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{section}.{key} = {value!r} cannot be written as TOML, {exc}: "
+                    "use a value (a file or folder name) that is valid UTF-8"
+                ) from None
         out.append("")
     return "\n".join(out)
 

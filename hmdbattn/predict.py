@@ -13,7 +13,8 @@ that length every ``stride`` seconds, the last one ending at the end of the vide
 each window is scored by the clips of ``clip_duration`` that cover it, placed as evaluation places
 them (`clips.cover`), so the model always sees frames at the rate it was trained on. A video or
 window not longer than one clip is a single clip over all of it, frames repeating (the short-video
-rule of clips.py).
+rule of clips.py). A window or stride shorter than one frame of the video, or a scan of more than
+`MAX_WINDOWS` windows, is refused with a `WindowError` saying the smallest usable value.
 
 Probabilities. A clip's are the softmax of its logits (mean over crops with ``eval_crops = 3``);
 a window's the mean of its clips'; the video's the mean of its windows' (with the default
@@ -40,7 +41,7 @@ from torch import nn
 
 from hmdbattn.checkpoint import load_checkpoint
 from hmdbattn.config import Config, DataConfig, load_config
-from hmdbattn.data.clips import Span, cover, slide, window_frames
+from hmdbattn.data.clips import Span, cover, slide, slide_count, window_frames
 from hmdbattn.data.decode import DecodeError
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.data.video import MEMORY_BUDGET, Chunked, InMemory, open_video
@@ -49,6 +50,9 @@ from hmdbattn.models.classifier import VideoClassifier, model_from_checkpoint
 from hmdbattn.timeline import Segment, segments
 
 DEFAULT_TOP_K = 5
+# Windows of one video at most: a timeline of hours of video at a one-second stride fits, while
+# a stride typed by mistake (1e-6 s) is refused before it makes millions of windows.
+MAX_WINDOWS = 10_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,8 +84,42 @@ def plan_windows(
     if window is None and stride is None:
         return [Window(c, (c,)) for c in cover(whole, clip, data.clips_per_video)]
     length = (window or data.clip_duration) * fps
-    spans = slide(whole, length, (stride or window or data.clip_duration) * fps)
+    step = (stride or window or data.clip_duration) * fps
+    _check_scan(video_frames, fps, length, step, window is not None)
+    spans = slide(whole, length, step)
     return [Window(span, tuple(cover(span, clip))) for span in spans]
+
+
+class WindowError(UserError):
+    """``--window`` / ``--stride`` do not suit a video: below one frame, or too many windows."""
+
+
+def _check_scan(video_frames: int, fps: float, length: float, step: float, window: bool) -> None:
+    """Raise WindowError unless windows of `length` frames every `step` frames are usable.
+
+    A window or stride shorter than one frame would only repeat the same frames; the count is
+    checked before any window is made. The smallest usable value is given, rounded up.
+    """
+    frame = 1 / fps
+    for option, frames, given in (("--window", length, window), ("--stride", step, True)):
+        if given and frames < 1 - 1e-6:
+            raise WindowError(
+                f"{option} {frames / fps:g} s is shorter than one frame of this video "
+                f"({fps:g} fps): use {option} {_round_up(frame)} or more"
+            )
+    count = slide_count(video_frames, length, step)
+    if count > MAX_WINDOWS:
+        smallest = (video_frames - length) / (MAX_WINDOWS - 2) / fps  # then count <= the cap
+        raise WindowError(
+            f"--stride {step / fps:g} s makes {count:,} windows over this {video_frames / fps:.1f}"
+            f" s video, more than {MAX_WINDOWS:,}: use --stride {_round_up(smallest)} or more"
+        )
+
+
+def _round_up(seconds: float) -> str:
+    """`seconds` rounded up to 4 significant digits, as text (so the value shown is usable)."""
+    scale = 10.0 ** (math.floor(math.log10(seconds)) - 3)
+    return f"{math.ceil(seconds / scale - 1e-9) * scale:.4g}"
 
 
 def check_windows(window: float | None, stride: float | None) -> None:
@@ -232,7 +270,7 @@ class Predictor:
         try:
             # The checkpoint's own config (evaluate.checkpoint_config without overrides),
             # without importing the evaluation machinery.
-            config = load_config(None, None, base=ckpt["config"])
+            config = load_config(None, None, base=ckpt["config"], base_name=str(path))
             classes = list(ckpt["classes"])
             model = model_from_checkpoint(ckpt, config)
         except (KeyError, TypeError, RuntimeError) as exc:
@@ -268,7 +306,11 @@ class Predictor:
         stride: float | None = None,
         explain: Path | None = None,
     ) -> VideoPrediction:
-        """Predict one file (raises DecodeError); `explain` names a PNG to draw the map to."""
+        """Predict one file; `explain` names a PNG to draw the map to.
+
+        Raises DecodeError for a file that cannot be read and WindowError when `window` /
+        `stride` do not suit its frame rate or length.
+        """
         check_windows(window, stride)
         path = Path(path)
         data = self.config.data
@@ -320,7 +362,7 @@ class Predictor:
         for path, out in zip(paths, outputs, strict=True):
             try:
                 yield self.predict(path, window, stride, out)
-            except DecodeError as exc:
+            except (DecodeError, WindowError) as exc:
                 yield VideoPrediction(Path(path), self.classes, error=str(exc))
 
     def _explain(

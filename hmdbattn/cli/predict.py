@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from hmdbattn.predict import VideoPrediction
 
 DEFAULT_TOP_K = 5  # hmdbattn.predict.DEFAULT_TOP_K, repeated so --help needs no torch import
+MAX_WINDOWS = 10_000  # hmdbattn.predict.MAX_WINDOWS, likewise
 
 
 @app.command("predict")
@@ -33,7 +34,10 @@ def predict(
         None, "--window", help="Seconds per window: per-window predictions and a timeline."
     ),
     stride: float | None = typer.Option(
-        None, "--stride", help="Seconds between window starts (default: the window)."
+        None,
+        "--stride",
+        help="Seconds between window starts (default: the window); at least one frame, and at "
+        f"most {MAX_WINDOWS:,} windows per video.",
     ),
     explain: Path | None = typer.Option(
         None,

@@ -118,11 +118,28 @@ def cover(span: Span, clip: float, count: int = 0) -> list[Span]:
     return [Span(span.start + offset, clip) for offset in offsets]
 
 
+def _slide_starts(whole: float, length: float, step: float) -> int:
+    """How many windows of `slide` start at a multiple of `step` (all but a last one at the end)."""
+    return math.floor((whole - length) / step + _EPS) + 1
+
+
+def slide_count(whole: float, length: float, step: float) -> int:
+    """How many windows `slide` gives over `whole` frames, computed without making them.
+
+    Lets a caller refuse a stride that would make millions of windows before it makes them.
+    """
+    if whole <= length + _EPS:
+        return 1
+    starts = _slide_starts(whole, length, step)
+    ends_short = (starts - 1) * step + length < whole - _EPS  # then one more, at the end
+    return starts + 1 if ends_short else starts
+
+
 def slide(whole: Span, length: float, step: float) -> list[Span]:
     """Windows of `length` frames every `step` frames; the last one ends where `whole` ends."""
     if whole.length <= length + _EPS:
         return [whole]
-    count = math.floor((whole.length - length) / step + _EPS) + 1
+    count = _slide_starts(whole.length, length, step)
     spans = [Span(whole.start + k * step, length) for k in range(count)]
     if spans[-1].end < whole.end - _EPS:
         spans.append(Span(whole.end - length, length))

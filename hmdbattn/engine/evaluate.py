@@ -159,9 +159,11 @@ class EvalResult:
         }
 
 
-def checkpoint_config(ckpt: dict[str, Any], path: Path | None, overrides: list[str]) -> Config:
-    """The checkpoint's config, with a config file and ``--set`` overrides on top."""
-    return load_config(path, overrides, base=ckpt["config"])
+def checkpoint_config(
+    ckpt: dict[str, Any], path: Path | None, overrides: list[str], checkpoint: Path | str = "ckpt"
+) -> Config:
+    """The checkpoint's config (errors in it name `checkpoint`), a file and ``--set`` on top."""
+    return load_config(path, overrides, base=ckpt["config"], base_name=str(checkpoint))
 
 
 def evaluate_checkpoint(
@@ -177,7 +179,7 @@ def evaluate_checkpoint(
     """
     runtime = runtime or Runtime(torch.device("cpu"))
     ckpt = load_checkpoint(checkpoint)
-    config = checkpoint_config(ckpt, config_path, overrides or [])
+    config = checkpoint_config(ckpt, config_path, overrides or [], checkpoint)
     data = build_eval_dataset(config, config.eval.subset)
     if data.classes != ckpt["classes"]:
         raise UserError(
