@@ -4,7 +4,8 @@ Each test builds a trainer from the tiny config with the key set (`build_trainer
 optimiser and schedule a run uses), takes one training step as `train_epoch` takes it
 (`Schedule.apply`, then `train_step` with `step_parts`) and checks the effect against the
 formula written out here: the loss of label smoothing, the gradient norm after clipping, the
-update of each optimiser, the learning rate of the CNN's parameters, where head dropout acts.
+update of each optimiser, the learning rate of the CNN's parameters, where head dropout acts;
+and `train.seed`: each epoch's order comes from (seed, epoch) only, so a resumed run repeats it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from conftest import TINY, tiny_overrides
 from torch import nn
 
 from hmdbattn import load_config
+from hmdbattn.engine import train as train_module
 from hmdbattn.engine.distributed import Runtime
-from hmdbattn.engine.train import Trainer, build_trainer, step_parts, train_step
+from hmdbattn.engine.train import Trainer, build_trainer, run_epochs, step_parts, train_step
 from hmdbattn.models.classifier import build_model
+from hmdbattn.report import quiet
 
 CPU = Runtime(torch.device("cpu"))
 CLASSES = 4  # the tiny dataset's
@@ -178,3 +181,37 @@ def test_head_dropout_drops_in_training_only(head: str) -> None:
     # Evaluation: no dropout at all, the same inputs as without the key.
     for evaluated in classifier_inputs(p, head, train=False):
         assert torch.equal(evaluated, plain)
+
+
+def epoch_orders(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The item order of every epoch `run_epochs` runs for `trainer` (no model steps)."""
+    orders: list[list[int]] = []
+
+    def record(trainer: Trainer, loader, *_: object) -> dict[str, float]:
+        orders.append([i for _, _, items in loader for i in items.tolist()])
+        return {"train_loss": 0.0, "train_clip_acc": 0.0, "clips": 1}
+
+    monkeypatch.setattr(train_module, "train_epoch", record)
+    monkeypatch.setattr(train_module, "validate", lambda _: {"val_video_acc": 0.0})
+    monkeypatch.setattr(train_module, "_epoch_line", lambda _: "")
+    with quiet():
+        run_epochs(trainer)
+    return orders
+
+
+def test_train_seed_and_epoch_alone_fix_each_epochs_order(
+    tiny_dataset, tmp_path, monkeypatch
+) -> None:
+    keys = {"train.epochs": 3, "train.tensorboard": False}
+    orders = epoch_orders(trainer_with(tiny_dataset, tmp_path / "a", **keys), monkeypatch)
+    items = list(range(len(trainer_with(tiny_dataset, tmp_path / "n", **keys).data.train)))
+    assert len(orders) == 3 and all(sorted(order) == items for order in orders)
+    assert len({tuple(order) for order in orders}) == 3  # reshuffled every epoch
+    assert orders[0] != items  # shuffled, not in dataset order
+    # A run resumed at epoch 3 sees the order the uninterrupted run saw in its epoch 3.
+    resumed = trainer_with(tiny_dataset, tmp_path / "b", **keys)
+    resumed.state.epoch = 2
+    assert epoch_orders(resumed, monkeypatch) == orders[2:]
+    # Another seed, other orders.
+    other = trainer_with(tiny_dataset, tmp_path / "c", **keys, **{"train.seed": 1})
+    assert epoch_orders(other, monkeypatch)[0] != orders[0]
