@@ -79,15 +79,14 @@ def watch(trainer: Trainer) -> list[Seen]:
 
 def step(
     trainer: Trainer, autocast: Callable[[], contextlib.AbstractContextManager] | None = None
-) -> torch.Tensor:
-    """One training step of `trainer` (its own autocast unless `autocast`); the loss."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step of `trainer` (its own autocast unless `autocast`): loss, logits."""
     parts = step_parts(trainer, trainer.model)
     if autocast is not None:
         parts = dataclasses.replace(parts, autocast=autocast)
     trainer.model.train()
     x, y = batch(trainer.runtime.device)
-    loss, _ = train_step(parts, x, y)
-    return loss
+    return train_step(parts, x, y)
 
 
 def moved(trainer: Trainer, before: list[torch.Tensor]) -> bool:
@@ -105,7 +104,7 @@ def test_cpu_runs_fp32_whatever_train_amp(tiny_dataset, tmp_path, amp: str) -> N
     trainer = trainer_with(tiny_dataset, tmp_path, **{"train.amp": amp})
     assert not trainer.scaler.is_enabled()
     seen = watch(trainer)
-    loss = step(trainer)
+    loss, _ = step(trainer)
     assert seen == [Seen(False, torch.float32, torch.float32)]
     assert loss.dtype == torch.float32
 
@@ -118,10 +117,14 @@ def test_bf16_autocast_on_cpu_computes_in_bf16_and_keeps_fp32_weights(
     bf16 = trainer_with(tiny_dataset, tmp_path / "bf16")  # the same seed: the same weights
     before = [p.detach().clone() for p in bf16.model.parameters()]
     seen = watch(bf16)
-    loss = step(bf16, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    loss, logits = step(bf16, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     assert seen == [Seen(False, torch.bfloat16, torch.bfloat16)]
-    assert loss.dtype == torch.float32  # the loss is taken in fp32, outside autocast
-    assert loss.item() == pytest.approx(step(fp32).item(), rel=0.05)  # bf16 keeps ~3 digits
+    assert loss.dtype == torch.float32
+    # The loss is taken in fp32 from the bf16 logits (a bf16 log-softmax would round it).
+    assert logits.dtype == torch.bfloat16
+    exact = nn.functional.cross_entropy(logits.float(), batch(torch.device("cpu"))[1])
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
+    assert loss.item() == pytest.approx(step(fp32)[0].item(), rel=0.05)  # bf16 keeps ~3 digits
     for p in bf16.model.parameters():
         assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
     assert moved(bf16, before)
@@ -213,7 +216,7 @@ def test_fp16_scales_the_loss_and_clips_the_unscaled_gradient(tiny_dataset, tmp_
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() == 2.0**16
     before = [p.detach().clone() for p in trainer.model.parameters()]
     seen = watch(trainer)
-    loss = step(trainer)
+    loss, _ = step(trainer)
     assert seen[0].features == torch.float16 and seen[0].logits == torch.float16
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     # Clipped after unscaling: the gradients the optimiser used have norm `clip`, not
@@ -233,7 +236,7 @@ def test_bf16_on_cuda_without_a_scaler(tiny_dataset, tmp_path, amp: str) -> None
     trainer = cuda_trainer(tiny_dataset, tmp_path, **{"train.amp": amp})
     assert not trainer.scaler.is_enabled()
     seen = watch(trainer)
-    assert step(trainer).dtype == torch.float32
+    assert step(trainer)[0].dtype == torch.float32
     assert seen[0].features == torch.bfloat16 and seen[0].logits == torch.bfloat16
 
 
