@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="default: train a small model first")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure")
     parser.add_argument("--imports", action="store_true", help="list predict's slow imports")
-    parser.add_argument("--tiny", action="store_true", help="a tiny model made (smoke test)")
+    parser.add_argument("--tiny", action="store_true", help="make a tiny model (a smoke test)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hmdbattn-predict-") as tmp:
         folder = Path(tmp)

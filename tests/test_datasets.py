@@ -40,8 +40,8 @@ VIDEOS = [
     ("wave", "w3.avi", 40, 0),
 ]
 BROKEN = ("wave", "broken_(1)!.avi", 1)  # not a video: fails in preprocess
-CPU = Runtime(torch.device("cpu"))
 MISSING = ("jump", "gone.avi", 2)  # listed, no file
+CPU = Runtime(torch.device("cpu"))
 
 
 def smooth_frames(count: int, seed: int, height: int = 48, width: int = 64) -> np.ndarray:

@@ -112,8 +112,8 @@ def seeded_generator(*words: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-# The first word of every clip-sampling seed: it marks the stream, so that anything seeded
-# from train.seed later gets a word of its own instead of repeating these draws.
+# The first word of every clip-sampling seed: it names the stream, so that another stream
+# seeded from train.seed (with another first word) never repeats these draws.
 _CLIPS = 0
 
 
