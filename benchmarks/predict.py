@@ -15,9 +15,11 @@ Without ``--checkpoint`` it makes one: a small model (research clip geometry: 16
 2 s, resize 128x171, crop 112; 1 CNN block, a small Perceiver head) trained for one epoch on a
 tiny synthetic dataset in a temporary folder. After one untimed warm-up, predict and the floor
 run in ``--repeats`` interleaved rounds; each figure is a median over rounds, and the last line,
-``ratio: <x>``, the median of the rounds' predict / floor.
+``ratio: <x>``, the median of the rounds' predict / floor. ``--tiny`` makes the checkpoint at
+the test suite's tiny size (4 frames of 16x16, a narrow head): seconds, for a smoke test; its
+figures mean nothing.
 
-    python benchmarks/predict.py [--checkpoint FILE] [--repeats 3] [--imports]
+    python benchmarks/predict.py [--checkpoint FILE] [--repeats 3] [--imports] [--tiny]
 """
 
 from __future__ import annotations
@@ -46,6 +48,20 @@ SMALL_MODEL = {
     "data.batch_size": 4,
     "data.num_workers": 0,
     "eval.batch_size": 8,
+}
+# The test suite's tiny model and clips (tests/conftest.py): every step runs, in seconds.
+TINY_MODEL = {
+    **SMALL_MODEL,
+    "model.num_latents": 8,
+    "model.latent_dim": 32,
+    "model.latent_heads": 2,
+    "model.latent_dim_head": 16,
+    "model.cross_dim_head": 16,
+    "model.num_freq_bands": 2,
+    "data.resize": [24, 32],
+    "data.crop_size": 16,
+    "data.num_frames": 4,
+    "data.clip_duration": 1.0,
 }
 
 # The floor: nothing but torch, torchvision, the model's code and one forward.
@@ -100,8 +116,8 @@ print(json.dumps({"import torch+torchvision": t1 - t0, "import hmdbattn (cli, pr
 """
 
 
-def make_checkpoint(folder: Path) -> Path:
-    """Train the small model for one epoch on a tiny synthetic dataset under `folder`."""
+def make_checkpoint(folder: Path, model: dict[str, object] = SMALL_MODEL) -> Path:
+    """Train `model` (overrides) for one epoch on a tiny synthetic dataset under `folder`."""
     import torch
 
     from hmdbattn import load_config
@@ -112,7 +128,7 @@ def make_checkpoint(folder: Path) -> Path:
     from hmdbattn.report import quiet
 
     root = folder / "synthetic"
-    overrides = {**SMALL_MODEL, "data.root": str(root), "train.out_dir": str(folder / "runs")}
+    overrides = {**model, "data.root": str(root), "train.out_dir": str(folder / "runs")}
     config = load_config(None, {**overrides, "train.name": "small"})
     with quiet():
         generate(root, classes=2, videos_per_class=3, seconds=1.0)
@@ -227,14 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="default: train a small model first")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure")
     parser.add_argument("--imports", action="store_true", help="list predict's slow imports")
+    parser.add_argument("--tiny", action="store_true", help="make a tiny model (a smoke test)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hmdbattn-predict-") as tmp:
         folder = Path(tmp)
         checkpoint = args.checkpoint
         if checkpoint is None:
             started = time.perf_counter()
-            checkpoint = make_checkpoint(folder)
-            print(f"trained a small model in {time.perf_counter() - started:.0f} s")
+            checkpoint = make_checkpoint(folder, TINY_MODEL if args.tiny else SMALL_MODEL)
+            size = "tiny" if args.tiny else "small"
+            print(f"trained a {size} model in {time.perf_counter() - started:.0f} s")
         ratio = run(checkpoint, folder, max(1, args.repeats), args.imports)
     print(f"ratio: {ratio:.2f}")
     return 0

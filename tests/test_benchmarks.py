@@ -191,3 +191,33 @@ def test_gpu_script_is_valid_and_passes_known_options() -> None:
     for name, args in commands:
         parsed = scripts[name].parse_args(args)  # argparse exits on an unknown option
         assert parsed.device == "cuda" and parsed.json is not None
+
+
+def test_loader_prints_its_table_and_speedups(bench_data: Path) -> None:
+    """benchmarks/loader.py on the module's 8 cached videos, 0.1 s a row."""
+    stdout = run_script("loader.py", "--videos", "8", "--seconds", "0.1", "--root", bench_data)
+    rows = re.findall(rf"^(cache|video) +([02]) +({NUMBER}) +({NUMBER})$", stdout, re.M)
+    assert [(source, workers) for source, workers, _, _ in rows] == [
+        ("cache", "0"), ("cache", "2"), ("video", "0"), ("video", "2"),
+    ], stdout  # fmt: skip
+    assert all(float(rate) > 0 and float(ms) > 0 for _, _, rate, ms in rows), stdout
+    assert re.search(rf"crop / flip / normalise on this CPU: {NUMBER} ms/clip", stdout), stdout
+    *_, cpu, wall = stdout.strip().splitlines()
+    assert re.fullmatch(rf"cpu speedup: {NUMBER}", cpu), stdout
+    assert re.fullmatch(rf"speedup: {NUMBER}", wall), stdout
+
+
+def test_predict_prints_cold_start_floor_and_ratio() -> None:
+    """benchmarks/predict.py with a tiny model it trains itself, one round."""
+    stdout = run_script("predict.py", "--tiny", "--repeats", "1", timeout=300)
+    for pattern in (
+        rf"trained a tiny model in {NUMBER} s",
+        r"clip: 5 s 320x240 30 fps AVI, 5 window\(s\)",  # 1 s windows over 5 s
+        rf"predict cold start \(process start to first result\): {NUMBER} s",
+        rf"floor \(torch \+ torchvision \+ one forward of the model\): {NUMBER} s",
+        rf"    forward +{NUMBER} s",
+    ):
+        assert re.search(pattern, stdout), f"no {pattern!r} in:\n{stdout}"
+    last = stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"ratio: {NUMBER}", last), stdout
+    assert float(last.split()[1]) > 0

@@ -23,6 +23,8 @@ from hmdbattn.data.datasets import (
     make_loader,
 )
 from hmdbattn.data.preprocess import preprocess
+from hmdbattn.engine.distributed import Runtime
+from hmdbattn.engine.train import epoch_loader
 from hmdbattn.errors import UserError
 from hmdbattn.report import quiet
 
@@ -39,6 +41,7 @@ VIDEOS = [
 ]
 BROKEN = ("wave", "broken_(1)!.avi", 1)  # not a video: fails in preprocess
 MISSING = ("jump", "gone.avi", 2)  # listed, no file
+CPU = Runtime(torch.device("cpu"))
 
 
 def smooth_frames(count: int, seed: int, height: int = 48, width: int = 64) -> np.ndarray:
@@ -192,9 +195,10 @@ def test_loader_with_two_workers(root: Path):
     for epoch in (0, 1):
         dataset.set_epoch(epoch)
         expected[epoch] = {i: dataset[i][0] for i in range(len(dataset))}
-    loader = make_loader(dataset, config, train=True)
+    sampler, loader = epoch_loader(dataset, config, CPU)  # the trainer's loader
     orders = []
     for epoch in (0, 1):
+        sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)  # reaches the persistent workers
         seen = []
         for frames, labels, indices in loader:
@@ -207,9 +211,10 @@ def test_loader_with_two_workers(root: Path):
         orders.append(seen)
     assert orders[0] != orders[1]
     # The order of an epoch depends on (seed, epoch) only: a new loader repeats it.
+    sampler, loader = epoch_loader(dataset, config_for(root), CPU)
+    sampler.set_epoch(1)
     dataset.set_epoch(1)
-    again = [i for _, _, idx in make_loader(dataset, config_for(root), True) for i in idx.tolist()]
-    assert again == orders[1]
+    assert [i for _, _, idx in loader for i in idx.tolist()] == orders[1]
 
 
 def test_eval_loader_keeps_order(root: Path):

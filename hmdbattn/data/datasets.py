@@ -16,7 +16,7 @@ Two sources (``data.source``):
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -112,8 +112,9 @@ def seeded_generator(*words: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-# First words of the seeds, so that clip sampling and shuffling never share a stream.
-_CLIPS, _ORDER = 0, 1
+# The first word of every clip-sampling seed: it names the stream, so that another stream
+# seeded from train.seed (with another first word) never repeats these draws.
+_CLIPS = 0
 
 
 class _ClipDataset(Dataset[Item]):
@@ -190,24 +191,6 @@ class EvalClips(_ClipDataset):
         number, indices = self.windows[index]
         video = self.videos[number]
         return self.reader.read(video, indices), video.label, number
-
-
-class EpochShuffle(Sampler[int]):
-    """A permutation of a TrainClips' items that depends only on ``(train.seed, epoch)``.
-
-    Unlike a shuffle driven by one generator across epochs, epoch ``e``'s order is the same
-    when a run resumes at ``e``. The epoch is the dataset's (`TrainClips.set_epoch`).
-    """
-
-    def __init__(self, dataset: TrainClips) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = seeded_generator(_ORDER, self.dataset.seed, self.dataset.epoch)
-        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
 
 
 # --------------------------------------------------------------------------- building
@@ -370,14 +353,13 @@ def make_loader(
 ) -> DataLoader[Item]:
     """A DataLoader of uint8 clip batches ``(B, T, H, W, 3)``, labels and video indices.
 
-    Training shuffles unless `sampler` is given (a DistributedSampler under DDP): a TrainClips
-    in the order of `EpochShuffle` (resumable), any other dataset with a generator seeded by
-    ``train.seed``. `batch_size` defaults to ``data.batch_size``.
+    Training shuffles unless `sampler` is given, with a generator seeded by ``train.seed``.
+    The trainer passes its sampler (`engine.train.epoch_loader`: each epoch's order from
+    ``(train.seed, epoch)`` only, so a resumed run repeats it). `batch_size` defaults to
+    ``data.batch_size``.
     """
     data = config.data
     workers = data.num_workers
-    if train and sampler is None and isinstance(dataset, TrainClips):
-        sampler = EpochShuffle(dataset)
     shuffle = train and sampler is None
     generator = torch.Generator().manual_seed(config.train.seed) if shuffle else None
     return DataLoader(
