@@ -197,7 +197,7 @@ class CachedVideo:
         table_end = _HEADER.size + 8 * (num + 1)
         if table_end > size:
             raise self._error(
-                f"truncated or damaged (its header announces {num} frames, an offset table of "
+                f"truncated or damaged header ({num} frames announced, an offset table of "
                 f"{table_end} bytes, in a file of {size} bytes)"
             )
 

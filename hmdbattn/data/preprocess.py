@@ -247,6 +247,7 @@ def preprocess(
     index = scan_dataset(data.root)
     check_cache_location(data.root, cache_dir)
     workers = data.num_workers if workers is None else workers
+    existing_manifest(cache_dir)  # a folder that is not a cache is refused before the lock file
     try:
         with cache_lock(cache_dir):
             _remove_leftovers(cache_dir)  # holding the lock: every temp file is a dead run's
@@ -332,11 +333,8 @@ def _start_manifest(config: Config, index: DatasetIndex) -> Manifest:
     """
     data = config.data
     cache_dir = data.cache_path
-    if (cache_dir / MANIFEST_NAME).exists():
-        manifest = load_manifest(cache_dir)
-    else:
-        if any(cached_videos_dir(cache_dir).glob("*/*")):
-            raise _no_manifest(cache_dir)
+    manifest = existing_manifest(cache_dir)
+    if manifest is None:
         manifest = Manifest(resize=data.resize, jpeg_quality=data.jpeg_quality, root="")
     manifest.check_compatible(data.resize, data.jpeg_quality)
     entries = manifest.by_path()
@@ -346,6 +344,16 @@ def _start_manifest(config: Config, index: DatasetIndex) -> Manifest:
     manifest.root = str(data.root.resolve())
     manifest.classes = list(index.classes)
     return manifest
+
+
+def existing_manifest(cache_dir: Path) -> Manifest | None:
+    """The manifest of the cache at `cache_dir`, None for a new cache; a UserError for a folder
+    that is not a cache (a manifest.json of another kind, or files without a manifest)."""
+    if (cache_dir / MANIFEST_NAME).exists():
+        return load_manifest(cache_dir)
+    if any(cached_videos_dir(cache_dir).glob("*/*")):
+        raise _no_manifest(cache_dir)
+    return None
 
 
 def _no_manifest(cache_dir: Path) -> UserError:
@@ -386,7 +394,7 @@ def _plan(
             done.append(entry)
             continue
         if damage is not None and target.is_file():
-            rebuilt.append(Problem(video.path, f"damaged cache file ({damage}): cached again"))
+            rebuilt.append(Problem(video.path, f"damaged cache file, cached again: {damage}"))
         tasks.append(_task(video, target, index, config, min_frames))
     return done, tasks, rebuilt
 
