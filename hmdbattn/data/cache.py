@@ -339,6 +339,31 @@ class Manifest:
         _atomic_write(cache_dir / MANIFEST_NAME, [text.encode("utf-8")], sync=True)
 
 
+def cache_damage(entry: ManifestEntry, target: Path) -> str | None:
+    """Why an entry's cache file cannot be used as it is; None when it is "ok" and whole.
+
+    Whole means: there, a readable header and offset table, and the frame count and size the
+    entry recorded (only the header and table are read).
+    """
+    if entry.status != "ok":
+        return f"status {entry.status}"
+    if not target.is_file():
+        return "no cache file"
+    try:
+        video = CachedVideo(target)
+    except DamagedCacheFile as exc:
+        return exc.reason
+    except UserError as exc:  # unreadable (permissions): caching it again will say why
+        return str(exc)
+    size = int(video.offsets[-1])
+    if (video.num_frames, size) != (entry.frames, entry.bytes):
+        return (
+            f"{video.num_frames} frames in {size} bytes, the manifest says {entry.frames} "
+            f"frames in {entry.bytes} bytes"
+        )
+    return None
+
+
 def load_manifest(cache_dir: Path) -> Manifest:
     """Read ``<cache_dir>/manifest.json``; a UserError when there is none or it is damaged."""
     path = cache_dir / MANIFEST_NAME

@@ -44,10 +44,9 @@ from hmdbattn.data.cache import (
     JOURNAL_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
-    CachedVideo,
-    DamagedCacheFile,
     Manifest,
     ManifestEntry,
+    cache_damage,
     cache_file,
     cached_videos_dir,
     encode_video_cache,
@@ -414,31 +413,6 @@ def _task(
         min_frames=min_frames,
         journal=data.cache_path / JOURNAL_NAME,
     )
-
-
-def cache_damage(entry: ManifestEntry, target: Path) -> str | None:
-    """Why an entry's cache file cannot be used as it is; None when it is "ok" and whole.
-
-    Whole means: there, a readable header and offset table, and the frame count and size the
-    entry recorded (only the header and table are read).
-    """
-    if entry.status != "ok":
-        return f"status {entry.status}"
-    if not target.is_file():
-        return "no cache file"
-    try:
-        video = CachedVideo(target)
-    except DamagedCacheFile as exc:
-        return exc.reason
-    except UserError as exc:  # unreadable (permissions): caching it again will say why
-        return str(exc)
-    size = int(video.offsets[-1])
-    if (video.num_frames, size) != (entry.frames, entry.bytes):
-        return (
-            f"{video.num_frames} frames in {size} bytes, the manifest says {entry.frames} "
-            f"frames in {entry.bytes} bytes"
-        )
-    return None
 
 
 def _usable(entry: ManifestEntry, cache_dir: Path) -> bool:
