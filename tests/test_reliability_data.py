@@ -31,7 +31,7 @@ from hmdbattn.report import quiet
 
 CLASSES = ("clap", "wave")
 PER_CLASS = 24  # enough that a run with two workers is still going when it is stopped
-PROGRESS_BAR = re.compile(r" - \w+/s ")  # the rate column of report.progress's bars
+PROGRESS_BAR = re.compile(r"\d+/\d+ +\d+%")  # the count and percentage of a progress bar
 
 
 def _write_splits(root: Path, lines: dict[str, list[str]]) -> None:

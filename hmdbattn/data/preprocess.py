@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
@@ -455,15 +456,14 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def _worker_start(parent: int) -> None:
-    """Set up a decoding process: Ctrl-C is the parent's to handle, and its death ends this one.
+    """Set up a decoding process: its parent's death ends it.
 
-    Ctrl-C reaches the whole process group; the parent stops handing out videos and waits for
-    the ones in progress (each worker records its own in the journal), so a worker has nothing
-    to do on it but would print a traceback. A parent killed with -9 cannot stop its workers:
-    on Linux the kernel does (PR_SET_PDEATHSIG), so none goes on writing into a cache that a
-    rerun has taken over.
+    A parent killed with -9 cannot stop its workers: on Linux the kernel does
+    (PR_SET_PDEATHSIG), so none goes on writing into a cache that a rerun has taken over.
+    (Ctrl-C is the parent's alone: the workers start with SIGINT ignored, see _ctrl_c_ignored;
+    the parent stops handing out videos and waits for those in progress, which each worker
+    records in the journal.)
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -474,9 +474,28 @@ def _worker_start(parent: int) -> None:
 def _completed(
     pool: Executor, fn: Callable[[_Task], ManifestEntry], tasks: list[_Task]
 ) -> Iterable[ManifestEntry]:
-    futures = [pool.submit(fn, task) for task in tasks]
+    with _ctrl_c_ignored():  # the workers start here (on submit)
+        futures = [pool.submit(fn, task) for task in tasks]
     for future in as_completed(futures):
         yield future.result()
+
+
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignore SIGINT for the block, so that processes started in it ignore it from birth.
+
+    An ignored signal stays ignored across exec, and Python then installs no handler: a worker
+    still importing when Ctrl-C comes would otherwise die with a traceback. A Ctrl-C during
+    the block (a fraction of a second) is lost; one outside it is the parent's to handle.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal.signal works in the main thread only; no Ctrl-C lands elsewhere
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(recorder: _Recorder, skipped: int, seconds: float) -> PreprocessSummary:
