@@ -15,7 +15,7 @@ import hmdbattn.cli.preprocess  # noqa: F401  (registers the command)
 from hmdbattn.cli import app
 from hmdbattn.config import Config, load_config
 from hmdbattn.data import preprocess as pre
-from hmdbattn.data.cache import CachedVideo, cache_file, load_manifest
+from hmdbattn.data.cache import JOURNAL_NAME, CachedVideo, cache_file, load_manifest
 from hmdbattn.data.decode import decode_video
 from hmdbattn.errors import UserError
 from hmdbattn.report import quiet
@@ -154,19 +154,26 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(
         patch.setattr(pre, "cache_one", dies_on_the_sixth)
         with pytest.raises(KeyboardInterrupt):
             quiet_preprocess(config)
-    # What a kill -9 adds: a video cached after the last manifest write (its entry dropped
-    # here), one cached but never recorded, and a half-written temporary file.
+    # What a kill -9 adds: a video cached after the last manifest write (its entry in the
+    # journal only), one cached by a worker whose result never reached the parent (journalled
+    # by the worker), and a half-written temporary file.
     manifest = load_manifest(tmp_path)
     recorded = [v for v in manifest.videos if v.status == "ok"]
     manifest.videos.remove(recorded[-1])
     manifest.save(tmp_path)
-    _, tasks = pre._plan(manifest, pre.scan_dataset(dataset), config, 1)
+    pre.append_journal(tmp_path / JOURNAL_NAME, recorded[-1])
+    _, tasks, _ = pre._plan(manifest, pre.scan_dataset(dataset), config, 1)
     pre.cache_one(tasks[-1])
     leftover = cache_file(tmp_path, tasks[0].rel_path).with_name(".x.jpgs.123.tmp")
     leftover.write_bytes(b"HMDBJPG1")
 
+    redone: list[str] = []
+    monkeypatch.setattr(
+        pre, "cache_one", lambda task: redone.append(task.rel_path) or cache_one(task)
+    )
     summary = quiet_preprocess(config)
-    assert summary.skipped == len(recorded) - 1
+    assert recorded[-1].path not in redone and tasks[-1].rel_path not in redone
+    assert summary.skipped == len(recorded) + 1  # tasks[-1], the truncated video, is "ok"
     assert load_manifest(tmp_path).videos == load_manifest(reference).videos
     assert _cache_bytes(tmp_path) == _cache_bytes(reference)
 

@@ -92,7 +92,10 @@ def synthesize_into(
         synthetic.check_settings(**settings)
     except ValueError as exc:
         raise UserError(f"synthetic dataset: {exc}") from None
-    made = synthetic.generate(root, **settings, workers=workers)
+    try:
+        made = synthetic.generate(root, **settings, workers=workers)
+    except OSError as exc:  # a full disk, a read-only folder: rerunning resumes once fixed
+        raise UserError(f"cannot write the synthetic dataset in {root} ({exc})") from None
     return {
         "root": str(made.root),
         "synthetic": {"classes": made.classes, "videos": made.videos},

@@ -25,6 +25,10 @@ only the frames a clip needs.
 A file is written to a temporary name in the same folder and renamed into place, so a file
 under its final name is always complete; a leftover ``.*.tmp`` is never taken for a cache file.
 
+While ``hmdbattn preprocess`` runs it holds a lock on ``<cache_dir>/.preprocess.lock`` (the
+file keeps the pid of the last run) and records each finished video in
+``<cache_dir>/.preprocess.journal`` until the manifest holds it.
+
 ``manifest.json`` (also replaced atomically) has the header keys ``format_version``,
 ``resize`` [height, width], ``jpeg_quality``, ``root`` (the dataset it was made from) and
 ``classes``, and ``videos``: one entry per video listed in the split files, with ``path``
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import struct
 import warnings
@@ -115,8 +120,8 @@ def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
     return out.getvalue()
 
 
-def write_video_cache(path: Path, frames: np.ndarray, fps: float, quality: int) -> int:
-    """Encode (N, H, W, 3) uint8 RGB `frames` into a cache file at `path`; returns its bytes."""
+def encode_video_cache(frames: np.ndarray, fps: float, quality: int) -> list[bytes]:
+    """The bytes of a cache file of (N, H, W, 3) uint8 RGB `frames`, in chunks to write in order."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     if len(frames) == 0:
@@ -127,7 +132,27 @@ def write_video_cache(path: Path, frames: np.ndarray, fps: float, quality: int) 
     offsets[0] = _HEADER.size + 8 * (num + 1)
     offsets[1:] = offsets[0] + np.cumsum([len(b) for b in blobs])
     header = _HEADER.pack(MAGIC, num, height, width, float(fps))
-    return _atomic_write(Path(path), [header, offsets.tobytes(), *blobs])
+    return [header, offsets.tobytes(), *blobs]
+
+
+def write_chunks(path: Path, chunks: Sequence[bytes]) -> int:
+    """Write `chunks` (from `encode_video_cache`) atomically to `path`; returns the bytes."""
+    return _atomic_write(Path(path), chunks)
+
+
+def write_video_cache(path: Path, frames: np.ndarray, fps: float, quality: int) -> int:
+    """Encode (N, H, W, 3) uint8 RGB `frames` into a cache file at `path`; returns its bytes."""
+    return write_chunks(path, encode_video_cache(frames, fps, quality))
+
+
+class DamagedCacheFile(UserError):
+    """A cache file that is not whole; `reason` says how (the message adds the file and a fix).
+
+    Built from the message alone, like any exception: torch re-raises a DataLoader worker's
+    exception by calling its type with one string.
+    """
+
+    reason = ""
 
 
 class CachedVideo:
@@ -137,27 +162,49 @@ class CachedVideo:
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
                 head = f.read(_HEADER.size)
                 if len(head) < _HEADER.size:
                     raise self._error("truncated (incomplete header)")
                 magic, num, self.height, self.width, self.fps = _HEADER.unpack(head)
-                if magic != MAGIC:
-                    raise self._error("not a frame cache file (bad magic)")
+                self._check_header(magic, num, size)
                 table = f.read(8 * (num + 1))
-                size = os.fstat(f.fileno()).st_size
         except OSError as exc:
             raise UserError(f"{self.path}: cannot read cache file ({exc})") from None
-        if len(table) < 8 * (num + 1):
-            raise self._error("truncated (incomplete offset table)")
         self.num_frames: int = num
         self.offsets = np.frombuffer(table, dtype="<u8").astype(np.int64)
         if self.offsets[0] != _HEADER.size + len(table) or np.any(np.diff(self.offsets) < 0):
             raise self._error("corrupt offset table")
         if size < self.offsets[-1]:
             raise self._error(f"truncated ({size} of {self.offsets[-1]} bytes)")
+        if size > self.offsets[-1]:
+            raise self._error(
+                f"corrupt offset table (it ends at byte {self.offsets[-1]} of {size})"
+            )
 
-    def _error(self, what: str) -> UserError:
-        return UserError(f"{self.path}: {what}; rerun `hmdbattn preprocess` to rebuild it")
+    def _check_header(self, magic: bytes, num: int, size: int) -> None:
+        """Refuse a header that is not ours or that the file's size cannot back.
+
+        Checked before the offset table is read: a damaged frame count (up to 2**32 - 1) would
+        otherwise ask for a table of up to 32 GiB.
+        """
+        if magic != MAGIC:
+            raise self._error("not a frame cache file (bad magic)")
+        if num == 0 or self.height == 0 or self.width == 0 or not 0 < self.fps < math.inf:
+            raise self._error(
+                f"corrupt header ({num} frames of {self.height}x{self.width} at {self.fps} fps)"
+            )
+        table_end = _HEADER.size + 8 * (num + 1)
+        if table_end > size:
+            raise self._error(
+                f"truncated or damaged header ({num} frames announced, an offset table of "
+                f"{table_end} bytes, in a file of {size} bytes)"
+            )
+
+    def _error(self, what: str) -> DamagedCacheFile:
+        error = DamagedCacheFile(f"{self.path}: {what}; rerun `hmdbattn preprocess` to rebuild it")
+        error.reason = what
+        return error
 
     @property
     def duration(self) -> float:
@@ -269,10 +316,11 @@ class Manifest:
             ("data.jpeg_quality", self.jpeg_quality, quality),
         ):
             if made != wanted:
+                advice = "set data.cache_dir to a new folder and run `hmdbattn preprocess`"
+                if self.cache_dir is not None and holds_only_cache(self.cache_dir):
+                    advice += f", or delete {where} and rerun it"
                 raise UserError(
-                    f"{where} was made with {key} = {made}, the config has {wanted}: set "
-                    f"data.cache_dir to a new folder and run `hmdbattn preprocess`, or delete "
-                    f"{where} and rerun it"
+                    f"{where} was made with {key} = {made}, the config has {wanted}: {advice}"
                 )
 
     def to_json(self) -> dict[str, Any]:
@@ -289,6 +337,31 @@ class Manifest:
         """Write ``<cache_dir>/manifest.json`` atomically (and durably: it is small)."""
         text = json.dumps(self.to_json(), indent=1) + "\n"
         _atomic_write(cache_dir / MANIFEST_NAME, [text.encode("utf-8")], sync=True)
+
+
+def cache_damage(entry: ManifestEntry, target: Path) -> str | None:
+    """Why an entry's cache file cannot be used as it is; None when it is "ok" and whole.
+
+    Whole means: there, a readable header and offset table, and the frame count and size the
+    entry recorded (only the header and table are read).
+    """
+    if entry.status != "ok":
+        return f"status {entry.status}"
+    if not target.is_file():
+        return "no cache file"
+    try:
+        video = CachedVideo(target)
+    except DamagedCacheFile as exc:
+        return exc.reason
+    except UserError as exc:  # unreadable (permissions): caching it again will say why
+        return str(exc)
+    size = int(video.offsets[-1])
+    if (video.num_frames, size) != (entry.frames, entry.bytes):
+        return (
+            f"{video.num_frames} frames in {size} bytes, the manifest says {entry.frames} "
+            f"frames in {entry.bytes} bytes"
+        )
+    return None
 
 
 def load_manifest(cache_dir: Path) -> Manifest:
@@ -314,7 +387,28 @@ def load_manifest(cache_dir: Path) -> Manifest:
             cache_dir=cache_dir,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
+        # Never replaced by preprocess either: it may be another program's manifest.json.
         raise UserError(
-            f"{path}: damaged manifest ({type(exc).__name__}: {exc}); rerun `hmdbattn preprocess`"
+            f"{path}: damaged manifest or not a frame cache's ({type(exc).__name__}: {exc}); "
+            "move it away or set data.cache_dir to another folder, then run `hmdbattn preprocess`"
         ) from None
     return manifest
+
+
+# Files a cache folder holds besides manifest.json and the frames (see preprocess.py).
+LOCK_NAME = ".preprocess.lock"
+JOURNAL_NAME = ".preprocess.journal"
+
+
+def holds_only_cache(cache_dir: Path) -> bool:
+    """Whether every file under `cache_dir` is one the cache writes (frames, manifest, temps).
+
+    Messages advise deleting a cache folder only then: never one that holds videos or anything
+    else of the user's.
+    """
+    ours = {MANIFEST_NAME, LOCK_NAME, JOURNAL_NAME}
+    for _, _, names in os.walk(cache_dir):
+        for name in names:
+            if name not in ours and not name.endswith((SUFFIX, ".tmp")):
+                return False
+    return True

@@ -26,7 +26,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
 
 from hmdbattn.config import Config, DataConfig
-from hmdbattn.data.cache import MANIFEST_NAME, CachedVideo, Manifest, cache_file, load_manifest
+from hmdbattn.data.cache import (
+    MANIFEST_NAME,
+    CachedVideo,
+    Manifest,
+    cache_damage,
+    cache_file,
+    load_manifest,
+)
 from hmdbattn.data.clips import eval_windows, train_clip_indices
 from hmdbattn.data.decode import DecodeError, probe
 from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, per_class, scan_dataset
@@ -260,6 +267,10 @@ def _from_cache(
             excluded.append(Excluded(video.path, f"failed in preprocess: {entry.error}"))
         elif entry.frames < 1 or not cache_file(data.cache_path, video.path).is_file():
             excluded.append(Excluded(video.path, "cache file missing: rerun `hmdbattn preprocess`"))
+        elif damage := cache_damage(entry, cache_file(data.cache_path, video.path)):
+            # Found here, in this process: a DataLoader worker's error would come with a traceback.
+            reason = f"damaged cache file ({damage}): rerun `hmdbattn preprocess`"
+            excluded.append(Excluded(video.path, reason))
         else:
             label = classes.index(video.label)
             usable.append(ClipVideo(video.path, label, entry.frames, entry.fps))

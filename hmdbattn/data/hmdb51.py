@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from hmdbattn.errors import UserError
 
@@ -81,16 +81,43 @@ def split_file_name(label: str, split: int) -> str:
 
 
 def parse_split_file(path: Path) -> list[tuple[str, int]]:
-    """Read ``(video file name, id)`` pairs; a malformed line is an error naming file and line."""
+    """Read ``(video file name, id)`` pairs; a malformed line is an error naming file and line.
+
+    A name must be a plain file name: a path (``/``, ``\\``, a drive, ``..``) could name a file
+    outside the class's folder, and every reader joins it to that folder.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the split file ({exc})") from None
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+    for number, line in enumerate(text.splitlines()):
         fields = line.split()
         if not fields:
             continue
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
             raise UserError(f"{path}:{number + 1}: expected '<video>.avi <0|1|2>', got {line!r}")
+        problem = name_problem(fields[0])
+        if problem is not None:
+            raise UserError(
+                f"{path}:{number + 1}: {fields[0]!r} is not a plain file name ({problem}); a "
+                "split file lists the names of files in videos/<class>/"
+            )
         entries.append((fields[0], int(fields[1])))
     return entries
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` is not a plain file name (one that stays in the folder it is joined to)."""
+    if name in (".", ".."):
+        return "a folder reference"
+    if any(sep in name for sep in "/\\"):
+        return "it holds a path separator"
+    if PureWindowsPath(name).drive:
+        return "it names a drive"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "it holds a control character"
+    return None
 
 
 @dataclass
@@ -168,6 +195,8 @@ def scan_dataset(root: Path) -> DatasetIndex:
         if match is None:
             continue
         label, split = match["label"], int(match["split"])
+        if name_problem(label) is not None:  # e.g. ".._test_split1.txt": not a class folder
+            raise UserError(f"{split_path}: {label!r} is not a class name; rename the file")
         for name, sid in parse_split_file(split_path):
             rel = f"{label}/{name}"
             video = by_path.setdefault(rel, Video(rel, label))

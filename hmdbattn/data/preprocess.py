@@ -1,10 +1,15 @@
 """Build the frame cache: decode every video once, resized, into ``<cache_dir>`` (see cache.py).
 
 The run is resumable. The manifest is written (atomically) before the first video, every few
-seconds or videos, and at the end; a rerun skips every video whose manifest entry is "ok" and
-whose cache file is still there and whole (its header is read to check). A video cached by a
-killed run after its last manifest write is decoded again (a few seconds of work at most) so
-that the rerun records exactly what an uninterrupted run would have, damage notes included.
+seconds or videos, and at the end. Between two manifest writes each finished video is recorded
+in the journal (``.preprocess.journal``, one JSON entry a line, appended before the cache file
+is renamed into place), so a killed run loses only the videos that were being decoded. A rerun
+skips every video whose entry (manifest or journal) is "ok" and whose cache file is still there
+and whole (its header and size are checked); a damaged one is reported and cached again.
+
+One run at a time: a run holds a lock on the cache folder (``.preprocess.lock``, with its pid),
+and a second one is refused. The lock is the kernel's (``flock``), released however the holder
+dies, so every temporary file found once the lock is held is a dead run's and is removed.
 
 Videos that cannot be used are recorded as "failed" with the reason and the run goes on:
 unreadable, empty, not a video, no decodable frame, or fewer than `min_frames` frames. A video
@@ -18,26 +23,40 @@ changed video file under the same name is not detected (delete its cache file to
 
 from __future__ import annotations
 
+import ctypes
+import fcntl  # POSIX: the cache lock is an flock
+import json
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hmdbattn.config import Config
 from hmdbattn.data.cache import (
-    CachedVideo,
+    JOURNAL_NAME,
+    LOCK_NAME,
+    MANIFEST_NAME,
     Manifest,
     ManifestEntry,
+    cache_damage,
     cache_file,
     cached_videos_dir,
+    encode_video_cache,
+    holds_only_cache,
     load_manifest,
-    write_video_cache,
+    write_chunks,
 )
 from hmdbattn.data.decode import DecodeError, decode_video
-from hmdbattn.data.hmdb51 import DatasetIndex, Video, scan_dataset
+from hmdbattn.data.hmdb51 import DatasetIndex, Video, scan_dataset, splits_dir, videos_dir
 from hmdbattn.errors import UserError
 from hmdbattn.report import progress
 
@@ -71,6 +90,7 @@ class PreprocessSummary:
     failed_files: list[Problem] = field(default_factory=list)
     missing_files: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # ok videos with a damage note
+    rebuilt: list[Problem] = field(default_factory=list)  # damaged cache files made again
 
     @property
     def cached(self) -> int:
@@ -96,6 +116,7 @@ class PreprocessSummary:
             "failed_files": problems(self.failed_files),
             "missing_files": problems(self.missing_files),
             "warnings": problems(self.warnings),
+            "rebuilt": problems(self.rebuilt),
         }
 
 
@@ -111,13 +132,14 @@ class _Task:
     size: tuple[int, int]
     quality: int
     min_frames: int
+    journal: Path
 
 
 def cache_one(task: _Task) -> ManifestEntry:
-    """Decode one video and write its cache file; decoding problems give a "failed" entry.
+    """Decode one video, record it in the journal and write its cache file.
 
-    Errors writing the cache (a full disk, no permission) are not the video's fault: they
-    propagate and stop the run.
+    Decoding problems give a "failed" entry. Errors writing the cache (a full disk, no
+    permission) are not the video's fault: they propagate and stop the run.
     """
     entry = ManifestEntry(task.rel_path, task.label, split_ids=dict(task.split_ids))
     try:
@@ -128,9 +150,14 @@ def cache_one(task: _Task) -> ManifestEntry:
     entry.frames, entry.fps = count, decoded.fps
     if count < task.min_frames:
         return _failed(entry, task, f"too short: {count} frame(s), at least {task.min_frames}")
-    entry.bytes = write_video_cache(task.target, decoded.frames, decoded.fps, task.quality)
+    chunks = encode_video_cache(decoded.frames, decoded.fps, task.quality)
+    entry.bytes = sum(len(chunk) for chunk in chunks)
     entry.duration = count / decoded.fps
     entry.status, entry.error = "ok", decoded.warning
+    # Recorded before the file takes its name, so a cache file is never without a record; a
+    # record whose file never came (a kill in between) fails the size check and is redone.
+    append_journal(task.journal, entry)
+    write_chunks(task.target, chunks)
     return entry
 
 
@@ -138,7 +165,33 @@ def _failed(entry: ManifestEntry, task: _Task, reason: str) -> ManifestEntry:
     # A cache file left by an earlier run of a file that has since changed is no longer true.
     task.target.unlink(missing_ok=True)
     entry.status, entry.error = "failed", reason
+    append_journal(task.journal, entry)
     return entry
+
+
+def append_journal(journal: Path, entry: ManifestEntry) -> None:
+    """Append `entry` to the journal as one line, in one write (workers append side by side)."""
+    line = json.dumps(entry.to_json(), separators=(",", ":")) + "\n"
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
+def read_journal(journal: Path) -> list[ManifestEntry]:
+    """The entries of the journal, in order; a line a kill cut short is skipped."""
+    try:
+        text = journal.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    entries = []
+    for line in text.splitlines():
+        try:
+            entries.append(ManifestEntry.from_json(json.loads(line)))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return entries
 
 
 class _Recorder:
@@ -146,7 +199,9 @@ class _Recorder:
 
     def __init__(self, manifest: Manifest, cache_dir: Path) -> None:
         self.manifest, self.cache_dir = manifest, cache_dir
+        self.journal = cache_dir / JOURNAL_NAME
         self.entries: dict[str, ManifestEntry] = {}
+        self.rebuilt: list[Problem] = []  # damaged cache files found (their videos redone)
         self._unsaved = 0
         self._saved_at = time.monotonic()
 
@@ -162,6 +217,18 @@ class _Recorder:
         self.manifest.save(self.cache_dir)
         self._unsaved, self._saved_at = 0, time.monotonic()
 
+    def finish(self) -> None:
+        """Take in what only the journal holds, save, and drop the journal (no worker is left).
+
+        A worker that finished its video while an interrupted run was stopping recorded it in
+        the journal only; its entry counts if its cache file is whole.
+        """
+        for entry in read_journal(self.journal):
+            if self.entries.get(entry.path) != entry and _usable(entry, self.cache_dir):
+                self.entries[entry.path] = entry
+        self.save()
+        self.journal.unlink(missing_ok=True)
+
 
 def preprocess(
     config: Config,
@@ -172,103 +239,188 @@ def preprocess(
 
     `workers` processes decode in parallel (default data.num_workers; 0 decodes in this
     process). Raises UserError when the existing cache was made with another resize or JPEG
-    quality, or when the cache cannot be written.
+    quality, when another run holds the cache, or when the cache cannot be written.
     """
     started = time.perf_counter()
     data = config.data
     cache_dir = data.cache_path
     index = scan_dataset(data.root)
-    recorder = _Recorder(_start_manifest(config, index), cache_dir)
-    _remove_leftovers(cache_dir)
-    done, tasks = _plan(recorder.manifest, index, config, min_frames)
-    for entry in [*done, *(_missing_entry(v) for v in index.missing)]:
-        recorder.entries[entry.path] = entry
+    check_cache_location(data.root, cache_dir)
+    workers = data.num_workers if workers is None else workers
+    existing_manifest(cache_dir)  # a folder that is not a cache is refused before the lock file
     try:
-        recorder.save()  # before any cache file: every cache file has a manifest beside it
+        with cache_lock(cache_dir):
+            _remove_leftovers(cache_dir)  # holding the lock: every temp file is a dead run's
+            recorder = _Recorder(_start_manifest(config, index), cache_dir)
+            skipped = _cache_all(recorder, index, config, workers, min_frames)
     except OSError as exc:
         raise _unwritable(cache_dir, exc) from None
-    workers = data.num_workers if workers is None else workers
+    except BrokenProcessPool as exc:
+        raise UserError(
+            f"a decoding process died ({exc}: killed, or out of memory?); the videos cached "
+            f"so far in {cache_dir} are kept: rerun `hmdbattn preprocess` to resume, with "
+            "fewer --workers if memory is short"
+        ) from None
+    return _summary(recorder, skipped, time.perf_counter() - started)
+
+
+def _cache_all(
+    recorder: _Recorder, index: DatasetIndex, config: Config, workers: int, min_frames: int
+) -> int:
+    """Cache every video not cached yet, recording as it goes; the number already cached."""
+    done, tasks, recorder.rebuilt = _plan(recorder.manifest, index, config, min_frames)
+    for entry in [*done, *(_missing_entry(v) for v in index.missing)]:
+        recorder.entries[entry.path] = entry
+    recorder.save()  # before any cache file: every cache file has a manifest beside it
+    recorder.journal.unlink(missing_ok=True)  # what it held is in the manifest (or redone)
     with progress("videos") as bar:
         task_id = bar.add_task("preprocess", total=len(index.videos), completed=len(done))
         try:
             for entry in _run(tasks, workers):
                 recorder.add(entry)
                 bar.advance(task_id)
-        except OSError as exc:
-            raise _unwritable(cache_dir, exc) from None
         finally:
-            recorder.save()
-    return _summary(recorder, len(done), time.perf_counter() - started)
+            recorder.finish()
+    return len(done)
 
 
 def _unwritable(cache_dir: Path, exc: OSError) -> UserError:
     return UserError(f"cannot write the cache in {cache_dir} ({exc}); set data.cache_dir")
 
 
+def check_cache_location(root: Path, cache_dir: Path) -> None:
+    """Refuse a cache folder that is the dataset root or inside its videos/ or splits/."""
+    root, where = root.resolve(), cache_dir.resolve()
+    inside = [d for d in (videos_dir(root), splits_dir(root)) if where.is_relative_to(d)]
+    if where == root or inside:
+        what = "the dataset root" if where == root else f"inside the dataset's {inside[0]}"
+        raise UserError(
+            f"data.cache_dir = {cache_dir} is {what}: the cache needs a folder of its own; "
+            f"set data.cache_dir to another folder (unset, it is {root / 'cache'})"
+        )
+
+
+@contextmanager
+def cache_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold the cache folder's lock for the block; a UserError naming the run that holds it.
+
+    An ``flock``: the kernel releases it when its holder exits, however it dies, so a killed
+    run never leaves a stale lock. The lock file stays (removing it would race a new run).
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise UserError(
+                f"cache {cache_dir} is busy: preprocess (pid {holder}) is writing it; wait for "
+                "it to finish (or stop it), then rerun"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _start_manifest(config: Config, index: DatasetIndex) -> Manifest:
-    """The manifest to continue: the existing one if its settings match, else a new one."""
+    """The manifest to continue: the existing one (with the journal's entries) or a new one.
+
+    A manifest.json that cannot be read as a cache's is refused, never replaced: it may be
+    another program's.
+    """
     data = config.data
     cache_dir = data.cache_path
-    try:
-        manifest = load_manifest(cache_dir)
-    except UserError:
-        if any(cached_videos_dir(cache_dir).glob("*/*")):
-            raise UserError(
-                f"{cache_dir}: cache files without a readable manifest.json; delete "
-                f"{cache_dir} or set data.cache_dir to a new folder, then rerun"
-            ) from None
+    manifest = existing_manifest(cache_dir)
+    if manifest is None:
         manifest = Manifest(resize=data.resize, jpeg_quality=data.jpeg_quality, root="")
     manifest.check_compatible(data.resize, data.jpeg_quality)
+    entries = manifest.by_path()
+    for entry in read_journal(cache_dir / JOURNAL_NAME):  # checked against its file in _plan
+        entries[entry.path] = entry
+    manifest.videos = [entries[k] for k in sorted(entries)]
     manifest.root = str(data.root.resolve())
     manifest.classes = list(index.classes)
     return manifest
 
 
+def existing_manifest(cache_dir: Path) -> Manifest | None:
+    """The manifest of the cache at `cache_dir`, None for a new cache; a UserError for a folder
+    that is not a cache (a manifest.json of another kind, or files without a manifest)."""
+    if (cache_dir / MANIFEST_NAME).exists():
+        return load_manifest(cache_dir)
+    if any(cached_videos_dir(cache_dir).glob("*/*")):
+        raise _no_manifest(cache_dir)
+    return None
+
+
+def _no_manifest(cache_dir: Path) -> UserError:
+    """Files under videos/ but no manifest: advise deleting the folder only if all are ours."""
+    if holds_only_cache(cache_dir):
+        return UserError(
+            f"{cache_dir}: cache files without a manifest.json; delete {cache_dir} or set "
+            "data.cache_dir to a new folder, then rerun"
+        )
+    return UserError(
+        f"{cache_dir}: holds files that are not a frame cache's (its videos/ folder is not the "
+        "cache's): set data.cache_dir to a new, empty folder"
+    )
+
+
 def _remove_leftovers(cache_dir: Path) -> None:
     """Delete temporary files of writes that a kill interrupted (never whole cache files)."""
-    for tmp in cached_videos_dir(cache_dir).glob("*/.*.tmp"):
+    for tmp in [*cached_videos_dir(cache_dir).glob("*/.*.tmp"), *cache_dir.glob(".*.tmp")]:
         tmp.unlink(missing_ok=True)
 
 
 def _plan(
     manifest: Manifest, index: DatasetIndex, config: Config, min_frames: int
-) -> tuple[list[ManifestEntry], list[_Task]]:
-    """Entries already done (kept as they are) and tasks for every other video."""
+) -> tuple[list[ManifestEntry], list[_Task], list[Problem]]:
+    """Entries already done (kept as they are), tasks for every other video, and the cache
+    files found damaged (their videos are among the tasks)."""
     previous = manifest.by_path()
-    cache_dir, data = config.data.cache_path, config.data
+    cache_dir = config.data.cache_path
     done: list[ManifestEntry] = []
     tasks: list[_Task] = []
+    rebuilt: list[Problem] = []
     for video in index.videos:
         target = cache_file(cache_dir, video.path)
         entry = previous.get(video.path)
-        if entry is not None and _still_cached(entry, target):
+        damage = cache_damage(entry, target) if entry is not None else "not cached"
+        if damage is None and entry is not None:
             entry.label, entry.split_ids = video.label, dict(video.split_ids)
             done.append(entry)
             continue
-        source = index.videos_dir / video.path
-        tasks.append(
-            _Task(
-                source,
-                target,
-                video.path,
-                video.label,
-                dict(video.split_ids),
-                data.resize,
-                data.jpeg_quality,
-                min_frames,
-            )
-        )
-    return done, tasks
+        if damage is not None and target.is_file():
+            rebuilt.append(Problem(video.path, f"damaged cache file, cached again: {damage}"))
+        tasks.append(_task(video, target, index, config, min_frames))
+    return done, tasks, rebuilt
 
 
-def _still_cached(entry: ManifestEntry, target: Path) -> bool:
-    """Whether an "ok" entry's cache file is there and whole (reads its header only)."""
-    if entry.status != "ok" or not target.is_file():
-        return False
-    try:
-        return CachedVideo(target).num_frames == entry.frames
-    except UserError:
-        return False
+def _task(
+    video: Video, target: Path, index: DatasetIndex, config: Config, min_frames: int
+) -> _Task:
+    data = config.data
+    return _Task(
+        source=index.videos_dir / video.path,
+        target=target,
+        rel_path=video.path,
+        label=video.label,
+        split_ids=dict(video.split_ids),
+        size=data.resize,
+        quality=data.jpeg_quality,
+        min_frames=min_frames,
+        journal=data.cache_path / JOURNAL_NAME,
+    )
+
+
+def _usable(entry: ManifestEntry, cache_dir: Path) -> bool:
+    """Whether a journal entry may go into the manifest: failed, or "ok" with its file whole."""
+    if entry.status != "ok":
+        return True
+    return cache_damage(entry, cache_file(cache_dir, entry.path)) is None
 
 
 def _missing_entry(video: Video) -> ManifestEntry:
@@ -288,19 +440,62 @@ def _run(tasks: list[_Task], workers: int) -> Iterable[ManifestEntry]:
         return
     # "spawn": forking a parent that holds torch's thread pools is unsafe on some platforms.
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)),
+        mp_context=context,
+        initializer=_worker_start,
+        initargs=(os.getpid(),),
+    )
     try:
         yield from _completed(pool, cache_one, tasks)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _worker_start(parent: int) -> None:
+    """Set up a decoding process: its parent's death ends it.
+
+    A parent killed with -9 cannot stop its workers: on Linux the kernel does
+    (PR_SET_PDEATHSIG), so none goes on writing into a cache that a rerun has taken over.
+    (Ctrl-C is the parent's alone: the workers start with SIGINT ignored, see _ctrl_c_ignored;
+    the parent stops handing out videos and waits for those in progress, which each worker
+    records in the journal.)
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
 def _completed(
     pool: Executor, fn: Callable[[_Task], ManifestEntry], tasks: list[_Task]
 ) -> Iterable[ManifestEntry]:
-    futures = [pool.submit(fn, task) for task in tasks]
+    with _ctrl_c_ignored():  # the workers start here (on submit)
+        futures = [pool.submit(fn, task) for task in tasks]
     for future in as_completed(futures):
         yield future.result()
+
+
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Ignore SIGINT for the block, so that processes started in it ignore it from birth.
+
+    An ignored signal stays ignored across exec, and Python then installs no handler: a worker
+    still importing when Ctrl-C comes would otherwise die with a traceback. A Ctrl-C during
+    the block (a fraction of a second) is lost; one outside it is the parent's to handle.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal.signal works in the main thread only; no Ctrl-C lands elsewhere
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _summary(recorder: _Recorder, skipped: int, seconds: float) -> PreprocessSummary:
@@ -309,6 +504,7 @@ def _summary(recorder: _Recorder, skipped: int, seconds: float) -> PreprocessSum
     failed = [Problem(e.path, e.error or "failed") for e in entries if e.status == "failed"]
     missing = [Problem(e.path, e.error or MISSING_REASON) for e in entries if e.status == "missing"]
     return PreprocessSummary(
+        rebuilt=recorder.rebuilt,
         cache_dir=recorder.cache_dir,
         total=len(entries),
         ok=len(ok),

@@ -269,19 +269,41 @@ def _check_names(names: Sequence[str]) -> None:
 
 
 def _claim_root(root: Path, settings: dict[str, object]) -> None:
-    """Record the settings in the manifest, refusing a root made with different ones."""
+    """Record the settings in the manifest, refusing a root made with different ones.
+
+    A root is a synthetic dataset when it holds ``synthetic.json``; any other root must be
+    empty (or new), so that a real dataset never gets synthetic videos and split files mixed in.
+    """
     wanted = {"format_version": FORMAT_VERSION, **settings}
     path = root / MANIFEST
     if path.is_file():
-        found = json.loads(path.read_text(encoding="utf-8"))
+        found = _read_manifest(path)
         if found != wanted:
             raise UserError(
                 f"{root} holds a synthetic dataset made with {found}, not {wanted}; "
                 "choose another root or delete this one"
             )
         return
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: not a folder; choose another --root (or data.root)")
+    if root.is_dir() and any(root.iterdir()):
+        raise UserError(
+            f"{root} is not empty and holds no {MANIFEST}, so it is not a synthetic dataset "
+            "(a real HMDB51?): choose a new or empty folder with --root (or data.root)"
+        )
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(wanted, indent=2) + "\n")
+
+
+def _read_manifest(path: Path) -> object:
+    """The settings recorded in ``synthetic.json``; a UserError naming it when unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"{path}: cannot read the synthetic dataset's settings ({type(exc).__name__}: "
+            f"{exc}); choose another --root (or data.root)"
+        ) from None
 
 
 @contextmanager
