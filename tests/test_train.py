@@ -158,12 +158,27 @@ def test_schedules() -> None:
 
 @pytest.mark.parametrize(("mixup", "cutmix"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
 def test_mixing_keeps_shapes_and_soft_targets_sum_to_one(mixup, cutmix) -> None:
+    """Each clip's target weights are the shares of the clips mixed into it, and only the
+    generator decides the mix (not torch's global RNG, which dropout also draws from)."""
     c = TrainConfig(mixup_alpha=mixup, cutmix_alpha=cutmix)
-    x, y = torch.randn(6, 3, 4, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
-    mixed, targets = mix_batch(x, y, 3, c, torch.Generator().manual_seed(0))
-    assert mixed.shape == x.shape and targets.shape == (6, 3)
-    assert torch.allclose(targets.sum(1), torch.ones(6))
-    assert not torch.equal(mixed, x)
+    # Clip i is 1 in channel i and 0 elsewhere: channel j of a mixed clip, averaged over its
+    # pixels, is the share of clip j in it (mixup's lambda, or cutmix's pasted box area).
+    x = torch.eye(6)[:, :, None, None, None].expand(6, 6, 4, 16, 16).contiguous()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    mixed_shares = 0
+    for seed in range(8):
+        torch.manual_seed(seed)  # the global RNG differs between the two calls...
+        mixed, targets = mix_batch(x, y, 3, c, torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed + 100)  # ...and must not matter
+        again = mix_batch(x, y, 3, c, torch.Generator().manual_seed(seed))
+        assert torch.equal(mixed, again[0]) and torch.equal(targets, again[1])
+        assert mixed.shape == x.shape and targets.shape == (6, 3)
+        shares = mixed.mean(dim=(2, 3, 4))  # (6 mixed clips, 6 source clips)
+        expected = shares @ torch.nn.functional.one_hot(y, 3).float()
+        torch.testing.assert_close(targets, expected)
+        assert torch.allclose(targets.sum(1), torch.ones(6))
+        mixed_shares += int(((shares > 0.01) & (shares < 0.99)).any())
+    assert mixed_shares >= 6  # most batches really mix (a partner may be the clip itself)
 
 
 def test_tensorboard_gets_every_epoch_metric(tiny_dataset, tmp_path) -> None:
