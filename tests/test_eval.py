@@ -59,11 +59,28 @@ def test_eval_writes_json_and_confusion_matrix(runs: Path) -> None:
         "confusion",
     ):
         assert key in printed
-    assert len(printed["confusion"]) == 4
-    assert sum(map(sum, printed["confusion"])) == printed["num_videos"]
+    confusion = printed["confusion"]  # rows true, columns predicted
+    assert len(confusion) == 4 and sum(map(sum, confusion)) == printed["num_videos"]
+    assert_accuracies_are_the_confusion_matrix(printed)
     csv_lines = (checkpoint.parent / "confusion.csv").read_text().splitlines()
-    assert len(csv_lines) == 5
+    assert [line.split(",")[1:] for line in csv_lines[1:]] == [list(map(str, r)) for r in confusion]
     assert (checkpoint.parent / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def assert_accuracies_are_the_confusion_matrix(report: dict) -> None:
+    """Video top-1 is the matrix's trace over its sum; each class's accuracy is its row."""
+    confusion = report["confusion"]
+    trace = sum(confusion[k][k] for k in range(len(confusion)))
+    assert report["video_top1"] == pytest.approx(trace / sum(map(sum, confusion)))
+    present = []
+    for k, (row, entry) in enumerate(zip(confusion, report["per_class"], strict=True)):
+        assert (entry["videos"], entry["correct"]) == (sum(row), row[k]), entry["name"]
+        if sum(row):
+            assert entry["accuracy"] == pytest.approx(row[k] / sum(row)), entry["name"]
+            present.append(row[k] / sum(row))
+        else:
+            assert entry["accuracy"] is None
+    assert report["mean_class_accuracy"] == pytest.approx(sum(present) / len(present))
 
 
 def test_three_split_protocol_reports_mean_and_std(runs: Path) -> None:
