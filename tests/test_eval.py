@@ -13,9 +13,10 @@ import torch
 from conftest import set_args, tiny_overrides
 
 from hmdbattn import load_config
+from hmdbattn.data.datasets import build_eval_dataset
 from hmdbattn.data.preprocess import preprocess
 from hmdbattn.engine.distributed import Runtime
-from hmdbattn.engine.evaluate import evaluate_checkpoint
+from hmdbattn.engine.evaluate import evaluate_checkpoint, score_clips
 from hmdbattn.engine.train import train
 from hmdbattn.report import quiet
 
@@ -124,7 +125,31 @@ def test_eval_counts_and_lists_videos_that_failed(runs: Path, tiny_dataset: Path
     assert "1 video(s) could not be evaluated" in cli.stderr and broken.name in cli.stderr
 
 
-def test_time_reversed_clips_change_the_scores(runs: Path) -> None:
+class Recorder(torch.nn.Module):
+    """A stand-in model that keeps every batch it is given and scores nothing."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes, self.seen = num_classes, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return torch.zeros(len(x), self.num_classes)
+
+
+def test_time_reversed_clips_change_the_scores(runs: Path, tiny_dataset: Path) -> None:
+    config = load_config(None, tiny_overrides(tiny_dataset, runs))
+    data = build_eval_dataset(config)
+    seen = {}
+    for reverse in (False, True):
+        model = Recorder(len(data.classes))
+        with quiet():
+            score_clips(model, data.dataset, config, CPU, time_reversed=reverse)
+        seen[reverse] = torch.cat(model.seen)  # (clips, C, T, H, W)
+    # The model sees the same clips with their frames in reverse order, and nothing else changed.
+    assert seen[True].shape == seen[False].shape and seen[True].shape[2] == 4
+    assert torch.equal(seen[True], seen[False].flip(2))
+    assert not torch.equal(seen[True], seen[False])
     checkpoint = runs / "tiny-split1" / "best.pt"
     with quiet():
         forward = evaluate_checkpoint(checkpoint, runtime=CPU)
