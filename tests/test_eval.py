@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import set_args, tiny_overrides
+from conftest import TINY, set_args, tiny_overrides
 
-from hmdbattn import load_config
+from hmdbattn import build_model, load_config
 from hmdbattn.data.datasets import build_eval_dataset
 from hmdbattn.data.preprocess import preprocess
+from hmdbattn.data.synthetic import Look, Sprite, render_clip
+from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import Runtime
-from hmdbattn.engine.evaluate import evaluate_checkpoint, score_clips
+from hmdbattn.engine.evaluate import evaluate_checkpoint, score_batch, score_clips
 from hmdbattn.engine.train import train
 from hmdbattn.report import quiet
 
@@ -156,6 +160,46 @@ def test_time_reversed_clips_change_the_scores(runs: Path, tiny_dataset: Path) -
         backward = evaluate_checkpoint(checkpoint, runtime=CPU, time_reversed=True)
     assert forward.loss != backward.loss
     assert (checkpoint.parent / "eval-reversed.json").exists()
+
+
+PAIRS = ["move_left", "move_right", "grow", "shrink"]  # class 2k + 1 is class 2k backwards
+
+
+def paired_clips(seed: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` uint8 clips (B, 4, 16, 16, 3) of PAIRS on a flat background, and their labels."""
+    rng = np.random.default_rng(seed)
+    red, blue = np.array([220, 20, 20], np.float32), np.array([20, 20, 220], np.float32)
+    labels = rng.integers(0, len(PAIRS), count)
+    clips = []
+    for label in labels:
+        look = Look(np.full((16, 16, 3), 100, np.float32), 0.0, (Sprite("disc", red, blue),) * 2)
+        clips.append(render_clip(PAIRS[label], rng, 4, (16, 16), look=look))
+    return torch.from_numpy(np.stack(clips)), torch.from_numpy(labels)
+
+
+def test_time_paired_classes_swap_on_a_trained_tiny_model() -> None:
+    """A tiny model that tells each class from its time-reversed partner: scored on reversed
+    clips, it predicts the partner (a mirror would swap move_left / move_right, not grow)."""
+    torch.manual_seed(0)
+    config = load_config(None, {**TINY, "data.resize": [16, 16]})
+    model = build_model(config, len(PAIRS))
+    transform = VideoTransform.from_config(config.data, "eval")
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    clips, labels = paired_clips(0, 256)
+    for step in range(40):
+        batch = torch.arange(16 * step, 16 * step + 16) % len(clips)
+        loss = torch.nn.functional.cross_entropy(model(transform(clips[batch])), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    test, truth = paired_clips(1, 64)
+    scores = {
+        reverse: score_batch(model, transform, test, contextlib.nullcontext, time_reversed=reverse)
+        for reverse in (False, True)
+    }
+    assert (scores[False].argmax(1) == truth).float().mean() > 0.9  # it learned the classes
+    assert (scores[True].argmax(1) == truth ^ 1).float().mean() > 0.9  # reversed: the partner
 
 
 def test_subset_and_split_options(runs: Path) -> None:
