@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
+from hmdbattn import load_config
 from hmdbattn.data import cache as cache_module
 from hmdbattn.data.cache import (
     CachedVideo,
@@ -18,7 +21,10 @@ from hmdbattn.data.cache import (
     load_manifest,
     write_video_cache,
 )
+from hmdbattn.data.datasets import ClipData, build_datasets
+from hmdbattn.data.preprocess import preprocess
 from hmdbattn.errors import UserError
+from hmdbattn.report import quiet
 
 
 @pytest.fixture
@@ -106,12 +112,42 @@ def test_interrupted_write_leaves_nothing(
     assert list(target.parent.iterdir()) == []
 
 
-def test_leftover_temp_file_is_not_a_cache_file(tmp_path: Path, cached: Path) -> None:
-    # What a kill between writing and renaming leaves: a hidden .tmp, never the final name.
-    leftover = cached.parent / f".{cached.name}.abc123.tmp"
-    leftover.write_bytes(cached.read_bytes()[:50])
-    assert cache_file(tmp_path, "clap/a.avi") == cached
-    assert cache_file(tmp_path, "clap/a.avi") != leftover
+def test_leftover_temp_files_are_ignored_by_reading_preprocess_and_manifest(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """What kills between writing and renaming leave, hidden ``.*.tmp`` files beside a cache
+    file and beside the manifest, changes nothing: datasets read the same videos from the
+    real files, the manifest loads as before, and a rerun of preprocess decodes nothing,
+    keeps every cache file and clears the leftover."""
+    root = tmp_path / "data"
+    shutil.copytree(tiny_dataset, root)
+    config = load_config(None, tiny_overrides(root, tmp_path))
+    cache = config.data.cache_path
+    manifest = load_manifest(cache)
+    before = _clips(build_datasets(config))
+    real = cache_file(cache, manifest.ok()[0].path)
+    real_bytes = real.read_bytes()
+    leftover = real.parent / f".{real.name}.abc123.tmp"
+    leftover.write_bytes(real_bytes[:50])  # a half-written cache file
+    (cache / ".manifest.json.xyz789.tmp").write_text('{"format_version": 1, "videos": [')
+    assert load_manifest(cache) == manifest
+    assert _same(_clips(build_datasets(config)), before)
+    with quiet():
+        summary = preprocess(config, workers=0)
+    assert (summary.cached, summary.skipped) == (0, summary.ok) == (0, len(manifest.ok()))
+    assert real.read_bytes() == real_bytes and not leftover.exists()
+    assert load_manifest(cache).videos == manifest.videos  # (its root is the copy's now)
+    assert _same(_clips(build_datasets(config)), before)
+
+
+def _clips(data: ClipData) -> tuple[list[str], torch.Tensor]:
+    """The videos of both datasets and the frames of their first clips (read from the cache)."""
+    paths = [v.path for v in [*data.train.videos, *data.eval.videos]]
+    return paths, torch.stack([data.train[0][0], data.eval[0][0]])
+
+
+def _same(a: tuple[list[str], torch.Tensor], b: tuple[list[str], torch.Tensor]) -> bool:
+    return a[0] == b[0] and torch.equal(a[1], b[1])
 
 
 def _manifest() -> Manifest:

@@ -194,13 +194,36 @@ def test_pool_head_pools_over_time_and_space(pool) -> None:
 
 
 def test_shared_cross_weights_have_fewer_parameters() -> None:
-    shared = build_model(
-        load_config(None, tiny(cnn_blocks=1, cross_layers=4, share_cross_weights=True))
-    )
+    """Repeats 3 and 4 are the second repeat's modules; a gradient step moves them together."""
+    torch.manual_seed(0)
+    config = load_config(None, tiny(cnn_blocks=1, cross_layers=4, share_cross_weights=True))
+    model = build_model(config)
+    head = model.head
+    for i in (2, 3):
+        assert head.cross[i] is head.cross[1] and head.blocks[i] is head.blocks[1]
+    for modules in (head.cross, head.blocks):  # the first repeat has its own weights
+        own = {id(p) for p in modules[0].parameters()}
+        assert own.isdisjoint(id(p) for p in modules[1].parameters())
+    shared = {id(p) for m in (head.cross[1], head.blocks[1]) for p in m.parameters()}
+    unique = {id(p) for p in model.parameters()}  # each parameter once, for the optimiser
+    assert shared <= unique and len(unique) == len(list(model.parameters()))
+    before = {name: p.detach().clone() for name, p in head.named_parameters(remove_duplicate=False)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(
+        model(torch.randn(2, 3, 4, 16, 16)), torch.tensor([0, 1])
+    ).backward()
+    optimizer.step()
+    after = dict(head.named_parameters(remove_duplicate=False))
+    for name, p in after.items():
+        if name.startswith(("cross.1.", "blocks.1.")):
+            assert not torch.equal(p, before[name]), name  # the step reached the shared weights
+            for i in (2, 3):
+                twin = name.replace(".1.", f".{i}.", 1)
+                assert torch.equal(after[twin], p), twin  # ...and their repeats with them
     separate = build_model(load_config(None, tiny(cnn_blocks=1, cross_layers=4)))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    per_stage = (count(separate) - count(shared)) / 2
-    assert count(shared) < count(separate) and per_stage > 0
+    per_stage = (count(separate) - count(model)) / 2
+    assert count(model) < count(separate) and per_stage > 0
 
 
 def test_public_api() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,76 @@ def test_approach_and_separate_change_the_gap() -> None:
 def test_single_classes_render_something(label: str) -> None:
     clip = clean(label, 0)
     assert any(foreground(f).any() for f in clip)
+
+
+def heights(clip: np.ndarray) -> np.ndarray:
+    """The foreground centroid's y (pixels, down) in each frame."""
+    return np.array([centroid(foreground(f))[1] for f in clip])
+
+
+def flights(y: np.ndarray) -> list[np.ndarray]:
+    """The frame indices of each flight between two bounces.
+
+    A bounce is a lowest point on screen (a local maximum of y, near the floor); its frame is
+    left out, as it may show the object just before or just after the bounce.
+    """
+    low = y.min() + 0.6 * np.ptp(y)
+    hits = [t for t in range(1, len(y) - 1) if y[t - 1] <= y[t] >= y[t + 1] and y[t] > low]
+    ends = [-1, *hits, len(y)]
+    return [np.arange(a + 1, b) for a, b in itertools.pairwise(ends) if b - a > 6]
+
+
+def test_bounce_is_elastic_and_time_symmetric() -> None:
+    """Flights under one constant gravity, every bounce as high as the last: played backwards,
+    the clip is another bounce clip (a parabola reversed is the same parabola)."""
+    for seed in range(4):
+        y = heights(clean("bounce", seed, frames=90))
+        arcs = flights(y)
+        assert len(arcs) >= 3 and np.ptp(y) > 0.15 * 120  # a few real bounces
+        gravity = []
+        for t in arcs:
+            fit = np.polyfit(t, y[t], 2)
+            assert np.abs(np.polyval(fit, t) - y[t]).max() < 0.5  # a parabola...
+            gravity.append(fit[0])
+        assert min(gravity) > 0 and np.ptp(gravity) < 0.1 * np.mean(gravity)  # ...the same one
+        # The top of each flight: a turn from rising to falling. Elastic bounces: all level.
+        tops = [y[t] for t in range(1, len(y) - 1) if y[t - 1] > y[t] <= y[t + 1]]
+        assert len(tops) >= 2 and np.ptp(tops) < 1.0
+
+
+def test_zigzag_crosses_either_way_going_up_and_down() -> None:
+    directions = set()
+    for seed in range(8):
+        points = np.array([centroid(foreground(f)) for f in clean("zigzag", seed)])
+        x, y = points[:, 0], points[:, 1]
+        steps = np.diff(x)
+        assert (np.sign(steps) == np.sign(steps[0])).all()  # straight across, one way
+        assert abs(x[-1] - x[0]) > 0.4 * 160
+        directions.add(int(np.sign(steps[0])))
+        turns = np.diff(np.sign(np.diff(y))) != 0
+        assert turns.any() and np.ptp(y) > 0.15 * 120  # up and down on the way
+    assert directions == {-1, 1}
+
+
+def test_static_stays_nearly_still() -> None:
+    for seed in range(8):
+        clip = clean("static", seed)
+        points = np.array([centroid(foreground(f)) for f in clip])
+        assert (np.ptp(points, axis=0) < 0.1 * 120).all()  # a drift of a few pixels at most
+        areas = np.array([foreground(f).sum() for f in clip])
+        assert areas.min() > 0.97 * areas.max()  # neither growing, fading nor blinking
+
+
+def test_blink_switches_on_and_off() -> None:
+    for seed in range(4):
+        clip = clean("blink", seed, frames=40)
+        areas = np.array([foreground(f).sum() for f in clip])
+        on = areas > 0
+        assert (areas[on] > 0.97 * areas.max()).all()  # fully on or fully off, nothing between
+        switches = np.diff(on.astype(int))
+        assert (switches == 1).any() and (switches == -1).any()  # on -> off and off -> on
+        points = np.array([centroid(foreground(f)) for f, lit in zip(clip, on, strict=True) if lit])
+        assert (np.ptp(points, axis=0) < 0.1 * 120).all()  # in one place
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,11 +6,9 @@ import contextlib
 import copy
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -67,29 +65,57 @@ def test_existing_run_is_not_clobbered(tiny_dataset, tmp_path) -> None:
         run(tiny_dataset, tmp_path, "b", **{"train.epochs": 1})
 
 
+# Every random draw of a training step in use: dropout (torch's global RNG, which a checkpoint
+# saves), mixup and cutmix (the epoch generator, recreated from the seed and epoch).
+RANDOM_STEP = {
+    "model.attn_dropout": 0.1,
+    "model.ff_dropout": 0.1,
+    "model.head_dropout": 0.3,
+    "train.mixup_alpha": 0.8,
+    "train.cutmix_alpha": 1.0,
+}
+# Runs `hmdbattn ARGS...` and SIGKILLs it (no clean-up at all) as optimiser step argv[1] begins.
+KILL_AT_STEP = """
+import os, signal, sys
+from hmdbattn.cli import main
+from hmdbattn.engine import train
+kill_at, real, taken = int(sys.argv[1]), train.train_step, []
+def train_step(*args, **kwargs):
+    taken.append(1)
+    if len(taken) > kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+train.train_step = train_step
+sys.argv = ["hmdbattn", *sys.argv[2:]]
+main()
+"""
+
+
 def _train_cli(root: Path, out: Path, name: str, *extra: str) -> list[str]:
-    overrides = tiny_overrides(root, out, **{"train.name": name, "train.epochs": 3})
-    return [sys.executable, "-m", "hmdbattn", "train", *set_args(overrides), *extra]
+    overrides = tiny_overrides(root, out, **{"train.name": name, "train.epochs": 2, **RANDOM_STEP})
+    return ["train", *set_args(overrides), *extra]
 
 
 def test_killed_mid_epoch_and_resumed_matches_uninterrupted(tiny_dataset, tmp_path) -> None:
-    subprocess.run(_train_cli(tiny_dataset, tmp_path, "whole"), check=True, capture_output=True)
-    # Kill a second run once its first epoch is checkpointed, i.e. somewhere in epoch 2 or 3.
-    proc = subprocess.Popen(
-        _train_cli(tiny_dataset, tmp_path, "killed"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    hmdbattn = [sys.executable, "-m", "hmdbattn"]
+    whole = subprocess.run(
+        [*hmdbattn, *_train_cli(tiny_dataset, tmp_path, "whole")], capture_output=True, check=False
     )
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    steps = load_checkpoint(tmp_path / "whole" / "last.pt")["state"]["step"] // 2  # per epoch
+    assert steps >= 2
+    # Killed halfway through epoch 2: epoch 1 is checkpointed, epoch 2 half done and lost.
+    kill_at = steps + steps // 2
     killed_dir = tmp_path / "killed"
-    deadline = time.time() + 120
-    while not (killed_dir / "metrics.jsonl").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(metrics(killed_dir))
-    assert done < 3, "the kill came too late to interrupt the run"
+    cli = _train_cli(tiny_dataset, tmp_path, "killed")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, str(kill_at), *cli], capture_output=True, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(metrics(killed_dir)) == 1
+    assert load_checkpoint(killed_dir / "last.pt")["state"]["step"] == steps
     resumed = subprocess.run(
-        [sys.executable, "-m", "hmdbattn", "train", "--resume", str(killed_dir)],
+        [*hmdbattn, "train", "--resume", str(killed_dir)],
         capture_output=True,
         text=True,
         check=False,
@@ -158,12 +184,27 @@ def test_schedules() -> None:
 
 @pytest.mark.parametrize(("mixup", "cutmix"), [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
 def test_mixing_keeps_shapes_and_soft_targets_sum_to_one(mixup, cutmix) -> None:
+    """Each clip's target weights are the shares of the clips mixed into it, and only the
+    generator decides the mix (not torch's global RNG, which dropout also draws from)."""
     c = TrainConfig(mixup_alpha=mixup, cutmix_alpha=cutmix)
-    x, y = torch.randn(6, 3, 4, 16, 16), torch.tensor([0, 1, 2, 0, 1, 2])
-    mixed, targets = mix_batch(x, y, 3, c, torch.Generator().manual_seed(0))
-    assert mixed.shape == x.shape and targets.shape == (6, 3)
-    assert torch.allclose(targets.sum(1), torch.ones(6))
-    assert not torch.equal(mixed, x)
+    # Clip i is 1 in channel i and 0 elsewhere: channel j of a mixed clip, averaged over its
+    # pixels, is the share of clip j in it (mixup's lambda, or cutmix's pasted box area).
+    x = torch.eye(6)[:, :, None, None, None].expand(6, 6, 4, 16, 16).contiguous()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    mixed_shares = 0
+    for seed in range(8):
+        torch.manual_seed(seed)  # the global RNG differs between the two calls...
+        mixed, targets = mix_batch(x, y, 3, c, torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed + 100)  # ...and must not matter
+        again = mix_batch(x, y, 3, c, torch.Generator().manual_seed(seed))
+        assert torch.equal(mixed, again[0]) and torch.equal(targets, again[1])
+        assert mixed.shape == x.shape and targets.shape == (6, 3)
+        shares = mixed.mean(dim=(2, 3, 4))  # (6 mixed clips, 6 source clips)
+        expected = shares @ torch.nn.functional.one_hot(y, 3).float()
+        torch.testing.assert_close(targets, expected)
+        assert torch.allclose(targets.sum(1), torch.ones(6))
+        mixed_shares += int(((shares > 0.01) & (shares < 0.99)).any())
+    assert mixed_shares >= 6  # most batches really mix (a partner may be the clip itself)
 
 
 def test_tensorboard_gets_every_epoch_metric(tiny_dataset, tmp_path) -> None:

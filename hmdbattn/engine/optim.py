@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 from torch import nn
@@ -86,7 +87,10 @@ def mix_batch(
     """Mixup or cutmix (half the batches each when both are on) with soft one-hot targets.
 
     `x` is (B, C, T, H, W); cutmix pastes the same box of a partner clip into every frame.
-    The draws come from `generator` (torch's global one when None).
+    Every draw comes from `generator` (torch's global one when None): the choice of mixup or
+    cutmix, lambda, the partners and the box. Lambda is drawn by `mix_lambda`, never by
+    ``torch.distributions`` (which would use the global RNG), so a resumed epoch that recreates
+    its generator mixes its batches exactly as the uninterrupted run did.
     """
     targets = nn.functional.one_hot(y, num_classes).float()  # (B, K)
     alphas = [a for a in (c.mixup_alpha, c.cutmix_alpha) if a > 0]
@@ -96,7 +100,7 @@ def mix_batch(
         c.mixup_alpha == 0 or torch.rand((), generator=generator).item() < 0.5
     )
     alpha = c.cutmix_alpha if use_cutmix else c.mixup_alpha
-    lam = float(torch.distributions.Beta(alpha, alpha).sample().item())
+    lam = mix_lambda(alpha, generator)
     partner = torch.randperm(x.shape[0], generator=generator).to(x.device)
     if use_cutmix:
         h, w = x.shape[-2:]
@@ -109,3 +113,13 @@ def mix_batch(
     else:
         x = lam * x + (1 - lam) * x[partner]
     return x, lam * targets + (1 - lam) * targets[partner]
+
+
+def mix_lambda(alpha: float, generator: torch.Generator | None) -> float:
+    """A Beta(`alpha`, `alpha`) draw that depends only on `generator`'s state.
+
+    torch has no Beta sampler that takes a generator, so one seed is drawn from `generator`
+    and the stdlib's ``random.Random(seed).betavariate`` draws lambda from it.
+    """
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    return random.Random(seed).betavariate(alpha, alpha)
