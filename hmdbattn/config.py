@@ -158,6 +158,12 @@ class ModelConfig(Section):
         description="the Perceiver's weight sharing: every repeat after the second reuses the "
         "second's weights",
     )
+    token_norm: Literal["layer", "batch"] = Field(
+        "layer",
+        description="normalisation of the CNN tokens before cross-attention: layer (the "
+        "Perceiver's, per token) or batch (per channel over the batch's tokens, which keeps "
+        "how strongly a token fires)",
+    )
     num_latents: int = Field(256, ge=1, description="latent vectors the cross-attention fills")
     latent_dim: int = Field(512, ge=8, description="width of each latent vector (channels)")
     cross_heads: int = Field(1, ge=1, description="attention heads of a cross-attention layer")

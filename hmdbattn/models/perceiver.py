@@ -97,6 +97,24 @@ class SelfBlock(nn.Module):
         return self.ff(x + self.attn(h, h))
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of tokens (B, N, C): each channel standardised over the
+    batch's tokens (running statistics in eval mode).
+
+    LayerNorm rescales every token to unit variance, so a background token that barely fires
+    looks as loud as the object's; per-channel statistics keep that difference, which is what
+    max pooling exploits.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, N, C) via (B, C, N)
+
+
+def token_norm(kind: str, dim: int) -> nn.Module:
+    """The normalisation of the tokens a cross-attention layer reads (``model.token_norm``)."""
+    return TokenBatchNorm(dim) if kind == "batch" else nn.LayerNorm(dim)
+
+
 class CrossLayer(nn.Module):
     """Latents cross-attend to the tokens (both normalised), then a feed-forward.
 
@@ -109,7 +127,7 @@ class CrossLayer(nn.Module):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(c.num_latents, c.latent_dim) * 0.02)
         self.norm = nn.LayerNorm(c.latent_dim)
-        self.norm_context = nn.LayerNorm(token_dim)
+        self.norm_context = token_norm(c.token_norm, token_dim)
         self.attn = Attention(
             c.latent_dim, token_dim, c.cross_heads, c.cross_dim_head, c.attn_dropout
         )
