@@ -1,4 +1,4 @@
-"""model.token_norm: how the cross-attention sees the CNN tokens (per token or per channel)."""
+"""The attention head's options for small data: model.token_norm, model.cross_logit_scale."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ SMALL = {
 }
 
 
-def _model(norm: str) -> torch.nn.Module:
-    return build_model(load_config(None, {**SMALL, "model.token_norm": norm}), num_classes=3)
+def _model(norm: str = "layer", **extra: object) -> torch.nn.Module:
+    overrides = {**SMALL, "model.token_norm": norm, **extra}
+    return build_model(load_config(None, overrides), num_classes=3)
 
 
 def test_batch_norm_keeps_how_strongly_a_token_fires() -> None:
@@ -53,3 +54,26 @@ def test_batch_token_norm_uses_running_statistics_in_eval() -> None:
     assert torch.allclose(alone, together, atol=1e-5), "eval output depends on the batch"
     model.train()
     assert not torch.allclose(model(clips[:1]), model(clips)[:1], atol=1e-5)
+
+
+def _entropy(p: torch.Tensor) -> float:
+    return float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean().detach())
+
+
+def test_cross_logit_scale_sharpens_the_attention_and_is_learned() -> None:
+    plain, sharp = _model(), _model(**{"model.cross_logit_scale": 4.0})
+    assert set(sharp.state_dict()) - set(plain.state_dict()) == {"head.cross.0.attn.log_scale"}
+    sharp.load_state_dict(plain.state_dict(), strict=False)  # same weights but the factor
+    layer_p, layer_s = plain.head.cross[0], sharp.head.cross[0]
+    tokens = plain.head.tokens(plain.features(torch.randn(2, 3, 4, 16, 16)))  # (B, N, C + P)
+    queries = layer_p.latents.expand(2, -1, -1)  # (B, L, D)
+
+    def weights(layer: torch.nn.Module) -> torch.Tensor:
+        return layer.attn.weights(layer.norm(queries), layer.norm_context(tokens))
+
+    assert _entropy(weights(layer_s)) < _entropy(weights(layer_p)) - 0.05
+    with torch.no_grad():
+        layer_s.attn.log_scale.zero_()  # a factor of 1: the plain attention again
+    assert torch.allclose(weights(layer_s), weights(layer_p), atol=1e-6)
+    sharp(torch.randn(2, 3, 4, 16, 16)).sum().backward()
+    assert layer_s.attn.log_scale.grad is not None and layer_s.attn.log_scale.grad != 0
