@@ -180,6 +180,20 @@ class ModelConfig(Section):
         description="the Perceiver's weight sharing: every repeat after the second reuses the "
         "second's weights",
     )
+    token_norm: Literal["layer", "batch"] = Field(
+        "layer",
+        description="normalisation of the CNN tokens before cross-attention: layer (the "
+        "Perceiver's, per token) or batch (per channel over the batch's tokens, which keeps "
+        "how strongly a token fires)",
+    )
+    cross_logit_scale: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="starting factor on the cross-attention's logits, then learned; above 1 "
+        "the latents start attending sharply (like max pooling) instead of nearly uniformly "
+        "(like average pooling); 1 = the plain attention, nothing learned",
+    )
     num_latents: int = Field(256, ge=1, description="latent vectors the cross-attention fills")
     latent_dim: int = Field(512, ge=8, description="width of each latent vector (channels)")
     cross_heads: int = Field(1, ge=1, description="attention heads of a cross-attention layer")

@@ -40,20 +40,38 @@ def fourier_channels(num_bands: int) -> int:
 class Attention(nn.Module):
     """Multi-head attention through ``scaled_dot_product_attention`` (queries from x)."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, dim_head: int, dropout: float):
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        heads: int,
+        dim_head: int,
+        dropout: float,
+        logit_scale: float = 1.0,
+    ):
         super().__init__()
         inner = heads * dim_head
         self.heads, self.dropout = heads, dropout
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
+        # A learned factor on the logits (kept as its log, so it stays positive), started at
+        # `logit_scale`; at 1 there is none, the plain attention (and its checkpoints) unchanged.
+        self.log_scale = (
+            nn.Parameter(torch.tensor(math.log(logit_scale))) if logit_scale != 1.0 else None
+        )
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, dim) -> per-head queries (B, h, N, d), times the learned logit factor."""
+        q = self.split_heads(self.to_q(x))
+        return q if self.log_scale is None else q * self.log_scale.exp()
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)  # (B, N, h*d) -> (B, h, N, d)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = self.split_heads(self.to_q(x))
+        q = self.queries(x)
         k, v = (self.split_heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, N, d)
@@ -61,7 +79,7 @@ class Attention(nn.Module):
 
     def weights(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Attention probabilities (B, h, N_query, N_context), for explanations."""
-        q = self.split_heads(self.to_q(x))
+        q = self.queries(x)
         k, _ = (self.split_heads(t) for t in self.to_kv(context).chunk(2, dim=-1))
         return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)
 
@@ -97,6 +115,24 @@ class SelfBlock(nn.Module):
         return self.ff(x + self.attn(h, h))
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of tokens (B, N, C): each channel standardised over the
+    batch's tokens (running statistics in eval mode).
+
+    LayerNorm rescales every token to unit variance, so a background token that barely fires
+    looks as loud as the object's; per-channel statistics keep that difference, which is what
+    max pooling exploits.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)  # (B, N, C) via (B, C, N)
+
+
+def token_norm(kind: str, dim: int) -> nn.Module:
+    """The normalisation of the tokens a cross-attention layer reads (``model.token_norm``)."""
+    return TokenBatchNorm(dim) if kind == "batch" else nn.LayerNorm(dim)
+
+
 class CrossLayer(nn.Module):
     """Latents cross-attend to the tokens (both normalised), then a feed-forward.
 
@@ -109,9 +145,14 @@ class CrossLayer(nn.Module):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(c.num_latents, c.latent_dim) * 0.02)
         self.norm = nn.LayerNorm(c.latent_dim)
-        self.norm_context = nn.LayerNorm(token_dim)
+        self.norm_context = token_norm(c.token_norm, token_dim)
         self.attn = Attention(
-            c.latent_dim, token_dim, c.cross_heads, c.cross_dim_head, c.attn_dropout
+            c.latent_dim,
+            token_dim,
+            c.cross_heads,
+            c.cross_dim_head,
+            c.attn_dropout,
+            c.cross_logit_scale,
         )
         self.ff = FeedForward(c.latent_dim, c.ff_mult, c.ff_dropout)
 
