@@ -17,7 +17,14 @@ from hmdbattn.fileio import atomic_writer
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside `path`, fsync, rename: never a half-written one."""
     with atomic_writer(path, sync=True) as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            # A failed write (full disk) surfaces as torch's RuntimeError about the zip's end;
+            # the OSError behind it says what happened.
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
 
 
 def safe_load(path: Path) -> Any:
