@@ -75,7 +75,7 @@ def damaged(path: Path) -> Iterator[None]:
     """
     try:
         yield
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
         reason = f"missing key {exc}" if isinstance(exc, KeyError) else _reason(exc)
         raise UserError(
             f"{path}: damaged checkpoint, or one of another model ({reason}); use a "

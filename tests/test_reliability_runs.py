@@ -260,6 +260,22 @@ def test_a_stop_by_patience_is_kept_unless_patience_changes(tmp_path) -> None:
     assert run.resume(off, CPU)["state"]["stop_reason"] == ""
 
 
+def test_a_pretraining_resume_keeps_the_keys_that_shape_its_decoder(tmp_path) -> None:
+    folder = tmp_path / "pre"
+    _forged_last(folder, epochs=3, patience=0, epoch=1, step=4)
+    ckpt = torch.load(folder / "last.pt", weights_only=True)
+    ckpt["kind"] = "pretrain"
+    torch.save(ckpt, folder / "last.pt")
+    run = RunDir(folder, "pretrain")
+    wider = load_config(None, {"train.epochs": 3, "pretrain.decoder_dim": 64})
+    with pytest.raises(UserError, match=r"pretrain\.decoder_dim = 128 \(now 64\)"):
+        run.resume(wider, CPU)
+    no_pictures = load_config(None, {"train.epochs": 3, "pretrain.pictures": 0})
+    assert run.resume(no_pictures, CPU)["state"]["epoch"] == 1  # drawing is no part of it
+    with pytest.raises(UserError, match="a pretraining checkpoint: resume it with `hmdbattn pre"):
+        RunDir(folder, "train").resume(no_pictures, CPU)
+
+
 # --------------------------------------------------------------------------- 4, 8: disk full
 
 

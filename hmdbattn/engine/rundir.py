@@ -53,6 +53,15 @@ WRITTEN_FILES = (*RUN_FILES, "train_videos.txt", "videos.txt")
 # Keys a resume may not change: they fix the shapes of the weights or of the model's input.
 FIXED_PREFIXES = ("model.",)
 FIXED_KEYS = ("data.resize", "data.crop_size", "data.num_frames")
+# And for pretraining runs, the keys that shape the objective's decoder and targets.
+PRETRAIN_FIXED_KEYS = (
+    "pretrain.mode",
+    "pretrain.target",
+    "pretrain.patch_size",
+    "pretrain.patch_frames",
+    "pretrain.decoder_dim",
+    "pretrain.decoder_heads",
+)
 
 
 class RunDir:
@@ -284,7 +293,7 @@ class RunDir:
     def kept(self) -> str:
         """What the folder keeps for a resume, and the command that resumes it."""
         if not self.last.is_file():
-            return f"no checkpoint was saved yet in {self.path}"
+            return f"no checkpoint was saved yet in {self.path}: start the run again (--overwrite)"
         epoch = self.saved_epoch or _checkpoint_epoch(self.last)
         return (
             f"{self.last} keeps epoch {epoch}: resume with "
@@ -302,8 +311,8 @@ class RunDir:
 
 def fixed_on_resume(key: str, pretrain: bool = False) -> bool:
     """Whether a resume must keep the dotted `key` (it fixes the model or its input's shape)."""
-    prefixes = FIXED_PREFIXES + (("pretrain.",) if pretrain else ())
-    return key.startswith(prefixes) or key in FIXED_KEYS
+    fixed = FIXED_KEYS + (PRETRAIN_FIXED_KEYS if pretrain else ())
+    return key.startswith(FIXED_PREFIXES) or key in fixed
 
 
 def changed_keys(saved: dict[str, Any], config: Config) -> dict[str, Any]:
