@@ -406,7 +406,7 @@ def _forged_run(config, folder: Path) -> None:
 
 # Runs `hmdbattn train` with a checkpoint write that stalls halfway (a slow disk) at epoch 1's
 # best.pt, after its last.pt, so that a kill -9 lands inside it; or with a training step that
-# stalls in epoch 1.
+# stalls ("step:<n>": the n-th step of the run), so that a signal lands inside an epoch.
 STALL = """
 import sys, time, torch
 import hmdbattn.engine.rundir as rundir, hmdbattn.engine.train as engine
@@ -424,7 +424,7 @@ def slow_save(obj, path):
     save(obj, path)
 def slow_step(*args, **kwargs):
     calls.append("step")
-    if mode == "step" and calls.count("step") == 3:
+    if mode.startswith("step:") and calls.count("step") == int(mode[5:]):
         open(marker, "w").close()
         time.sleep(600)
     return step(*args, **kwargs)
@@ -435,9 +435,9 @@ main()
 """
 
 
-def _stalled_train(mode: str, marker: Path, args: list[str]) -> subprocess.Popen:
+def _stalled_train(mode: str, marker: Path, args: list[str], stderr: int = subprocess.DEVNULL):
     command = [sys.executable, "-c", STALL, mode, str(marker), "train", *args]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
 def _wait_for(found: Callable[[], bool], proc: subprocess.Popen) -> None:
@@ -469,7 +469,7 @@ def test_kill_9_while_writing_best_is_repaired_on_resume(capsys, tiny_dataset, t
 def test_kill_9_in_the_middle_of_the_first_epoch(capsys, tiny_dataset, tmp_path) -> None:
     folder, marker = tmp_path / "m", tmp_path / "in-epoch"
     args = sets(tiny_dataset, tmp_path, "m")
-    proc = _stalled_train("step", marker, args)
+    proc = _stalled_train("step:3", marker, args)
     _wait_for(marker.exists, proc)  # two optimiser steps done, the third under way
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -558,16 +558,10 @@ def test_eval_prints_its_results_before_a_failed_write(capsys, tmp_path, base_ru
 def test_ctrl_c_of_train_names_what_was_kept_and_the_command(
     capsys, tiny_dataset, tmp_path
 ) -> None:
-    folder = tmp_path / "c"
-    command = [
-        sys.executable,
-        "-m",
-        "hmdbattn",
-        "train",
-        *sets(tiny_dataset, tmp_path, "c", **{"train.epochs": 2}),
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for((folder / "metrics.jsonl").exists, proc)
+    folder, marker = tmp_path / "c", tmp_path / "in-epoch-2"
+    args = sets(tiny_dataset, tmp_path, "c", **{"train.epochs": 2})
+    proc = _stalled_train("step:6", marker, args, stderr=subprocess.PIPE)  # 4 steps an epoch
+    _wait_for(marker.exists, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err
