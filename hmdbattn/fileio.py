@@ -1,15 +1,18 @@
 """Atomic writes: write to a temporary file beside the target, then rename over it.
 
 A reader (or a resumed run) therefore sees either the old file or the complete new one, never a
-half-written file.
+half-written file. The temporary file is named ``.<name>.<pid>.<random>.tmp``: a process killed
+while writing leaves it behind, and `remove_stale_temps` later tells such leftovers (their
+process is gone) from the files another process is writing right now.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -21,10 +24,13 @@ os.umask(_UMASK)
 def atomic_writer(path: Path, sync: bool = False) -> Iterator[IO[bytes]]:
     """A binary file that replaces `path` only when the block finishes without error.
 
-    `sync` flushes it to disk before the rename (for files that record progress).
+    `sync` flushes the file to disk before the rename and the folder after it, so that once
+    the block ends the new file survives a power cut (for files that record progress).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -36,14 +42,76 @@ def atomic_writer(path: Path, sync: bool = False) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if sync:
+        sync_folder(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically."""
-    with atomic_writer(path) as f:
+def sync_folder(folder: Path) -> None:
+    """fsync a folder: makes the renames and deletions in it durable (a no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, sync: bool = False) -> None:
+    """Replace `path` with `data` atomically (durably with `sync`)."""
+    with atomic_writer(path, sync) as f:
         f.write(data)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with UTF-8 `text` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str, sync: bool = False) -> None:
+    """Replace `path` with UTF-8 `text` atomically (durably with `sync`)."""
+    atomic_write_bytes(path, text.encode("utf-8"), sync)
+
+
+def remove_stale_temps(folder: Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that killed writers of `names` left in `folder`; those deleted.
+
+    Only ``.<name>.*.tmp`` files of the given names are considered, and only those whose writer
+    is no longer running (or whose name carries no process id, as older versions wrote them).
+    """
+    removed = []
+    for name in names:
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            if not _writer_alive(tmp.name[len(name) + 2 :]):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
+def _writer_alive(rest: str) -> bool:
+    """Whether the process named in a temp file's ``<pid>.<random>.tmp`` tail still runs."""
+    pid_text = rest.split(".", 1)[0]
+    if not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would end the process there: leave the file be
+    if pid == os.getpid():
+        return True  # this process's own file, being written by another thread
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by another user
+    return True
+
+
+def os_error_text(exc: OSError) -> str:
+    """What went wrong with a file, as the end of a one-line message (without the file's name)."""
+    reason = exc.strerror or type(exc).__name__
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"{reason}: free space on that disk (or use another folder)"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{reason}: make the folder writable or choose another one"
+    return reason

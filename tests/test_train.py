@@ -270,28 +270,30 @@ def test_run_dir_contract(tmp_path: Path) -> None:
     run_dir = RunDir(tmp_path / "r")
     config = load_config(None, {"train.epochs": 3})
     with pytest.raises(UserError, match="nothing to resume"):
-        run_dir.prepare(config, resume=True, overwrite=False)
-    run_dir.prepare(config, resume=False, overwrite=False)
+        run_dir.resume(config, CPU)
+    run_dir.start(config, overwrite=False)
     assert load_config(run_dir.config).train.epochs == 3
     run_dir.write_metrics([{"epoch": 1}, {"epoch": 2}])
     assert [json.loads(line) for line in run_dir.metrics.read_text().splitlines()] == [
         {"epoch": 1},
         {"epoch": 2},
     ]
-    ckpt = {"format": "hmdbattn-checkpoint", "version": 1, "state": {"epoch": 1}}
+    state = {"epoch": 1, "step": 2, "history": [{"epoch": 1}], "best_epoch": 0}
+    ckpt = {"format": "hmdbattn-checkpoint", "version": 1, "state": state}
+    ckpt["config"] = config.model_dump(mode="json")
     run_dir.save_checkpoint(ckpt, best=False)
     assert run_dir.last.is_file() and not run_dir.best.exists()
-    assert run_dir.load_last()["state"] == {"epoch": 1}
+    assert run_dir.load_last()["state"] == state
     with pytest.raises(UserError, match="already holds a run"):
-        run_dir.prepare(config, resume=False, overwrite=False)
-    run_dir.prepare(config, resume=True, overwrite=False)  # resumable now
-    run_dir.prepare(config, resume=False, overwrite=True)
+        run_dir.start(config, overwrite=False)
+    assert run_dir.resume(config, CPU)["state"]["epoch"] == 1  # resumable now
+    run_dir.start(config, overwrite=True)  # the old run moves aside until a new checkpoint
+    aside = tmp_path / "r.old-1"
+    assert sorted(p.name for p in aside.iterdir()) == ["config.toml", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run_dir.path.iterdir()) == ["config.toml"]
+    run_dir.save_checkpoint(ckpt, best=False)
     assert list(tmp_path.iterdir()) == [run_dir.path]  # atomic writes leave no temporary files
-    assert sorted(p.name for p in run_dir.path.iterdir()) == [
-        "config.toml",
-        "last.pt",
-        "metrics.jsonl",
-    ]
+    assert sorted(p.name for p in run_dir.path.iterdir()) == ["config.toml", "last.pt"]
 
 
 def test_run_dirs_are_named_after_the_config(tmp_path: Path) -> None:

@@ -38,7 +38,14 @@ from hmdbattn.ablate.grid import (
 )
 from hmdbattn.ablate.resolve import Ablation, Run, dry_run_rows, load_ablation, profile
 from hmdbattn.ablate.results import RunResult, aggregate, build_rows, read_run, report
-from hmdbattn.ablate.run import Outcome, decide, print_notes, run_ablation, select
+from hmdbattn.ablate.run import (
+    Outcome,
+    decide,
+    interrupted_text,
+    print_notes,
+    run_ablation,
+    select,
+)
 from hmdbattn.ablate.tables import (
     dry_run_markdown,
     params_text,
@@ -62,6 +69,7 @@ __all__ = [
     "dry_run_rows",
     "find_grid",
     "grid_dirs",
+    "interrupted_text",
     "load_ablation",
     "params_text",
     "print_notes",

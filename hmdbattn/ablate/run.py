@@ -70,12 +70,14 @@ def decide(run: Run) -> tuple[str, str | None]:
             )
         return "skip", None
     if (run.run_dir / "last.pt").is_file():
+        from hmdbattn.engine.rundir import fixed_on_resume
+
         changed = _changed_keys(run)
-        model = [k for k in changed if k.startswith("model.")]
-        if model:
+        fixed = [k for k in changed if fixed_on_resume(k)]
+        if fixed:
             return "resume", (
-                f"{run.run_dir} was started with other model settings ({', '.join(model)}): "
-                "delete the folder to start it again"
+                f"{run.run_dir} was started with other model or input settings "
+                f"({', '.join(fixed)}): delete the folder to start it again"
             )
         if changed:
             err_console.print(f"[yellow]resuming with changed {', '.join(changed)}[/]")
@@ -155,7 +157,9 @@ def _train(run: Run, runtime: Any, resume: bool) -> str | None:
     from hmdbattn.engine.train import train
 
     try:
-        train(run.config, run.run_dir, runtime, resume=resume)
+        # A run that is not resumed holds no checkpoint (see `decide`): what a killed start
+        # left there is replaced, not mixed with the new run.
+        train(run.config, run.run_dir, runtime, resume=resume, overwrite=not resume)
     except UserError as exc:
         return str(exc)
     return None
@@ -179,3 +183,21 @@ def print_notes(ablation: Ablation) -> None:
     """The notes of resolving (e.g. --set keys that replace the grid's values) on stderr."""
     for note in ablation.notes:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def interrupted_text(ablation: Ablation, command: str) -> str:
+    """A Ctrl-C's line: the runs kept (finished, or partly) and how to go on (`command`)."""
+    from hmdbattn.ablate.results import read_run
+
+    results = [(run, read_run(run.run_dir)) for run in ablation.runs]
+    done = sum(result.status == "done" for _, result in results)
+    partial = [
+        f"{run.run_dir.name} ({result.epochs} epochs)"
+        for run, result in results
+        if result.status == "partial"
+    ]
+    kept = f", partly: {', '.join(partial)}" if partial else ""
+    return (
+        f"{done} of {len(results)} runs finished in {ablation.folder}{kept}; the same command "
+        f"goes on from there: `{command}`"
+    )

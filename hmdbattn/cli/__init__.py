@@ -55,6 +55,8 @@ def _register() -> None:
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit code.
 
+    So do faults of the environment (an OSError: full disk, read-only folder) that reach here.
+
     So do command-line mistakes (an unknown command or option, a bad value): one line and exit
     code 2 instead of click's usage text and box.
     """
@@ -64,6 +66,9 @@ def main() -> None:
     except UserError as exc:
         _error(str(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:  # an environment fault no command turned into a UserError itself
+        _error(_os_error_line(exc))
+        sys.exit(1)
     except _CLICK_EXCEPTION as exc:
         sys.exit(_usage_error(exc))
     except (KeyboardInterrupt, typer.Abort):
@@ -80,6 +85,15 @@ _CLICK_EXCEPTION: type[Exception] = next(
 
 def _error(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """An OSError as one line: the file(s) it names, what went wrong and what to do."""
+    from hmdbattn.fileio import os_error_text
+
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    where = " -> ".join(names) + ": " if names else ""
+    return where + os_error_text(exc)
 
 
 def _usage_error(exc: Exception) -> int:

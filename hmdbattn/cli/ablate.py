@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
 from hmdbattn.cli import app
-from hmdbattn.cli.common import ConfigOption, JsonOption, SetOption
+from hmdbattn.cli.common import ConfigOption, JsonOption, SetOption, command_line, on_interrupt
 from hmdbattn.errors import UserError
 from hmdbattn.report import print_json
 
@@ -58,7 +59,9 @@ def ablate(
     from hmdbattn.engine import distributed
 
     with distributed.session() as runtime:
-        outcome = core.run_ablation(ablation, runtime, only or ())
+        line = functools.partial(core.interrupted_text, ablation, command_line())
+        with on_interrupt(line if runtime.is_main else None):
+            outcome = core.run_ablation(ablation, runtime, only or ())
     if not runtime.is_main:
         return
     _output(outcome.rows, json_out, core.results_markdown)

@@ -34,7 +34,7 @@ def eval_(
     checkpoints (one per split) the mean and standard deviation over them are reported too.
     """
     from hmdbattn.engine import distributed
-    from hmdbattn.engine.evaluate import evaluate_checkpoint
+    from hmdbattn.engine.evaluate import evaluate_checkpoint, write_eval_files
     from hmdbattn.engine.metrics import summarise_splits
 
     extra = list(overrides or [])
@@ -42,7 +42,8 @@ def eval_(
     extra += [f"eval.subset={subset}"] if subset else []
     with distributed.session() as runtime:
         results = [
-            evaluate_checkpoint(path, config, extra, runtime, time_reversed) for path in checkpoints
+            evaluate_checkpoint(path, config, extra, runtime, time_reversed, write=False)
+            for path in checkpoints
         ]
     if not runtime.is_main:
         return
@@ -56,3 +57,6 @@ def eval_(
         )
     else:
         print_eval(results, summary)
+    # Written once printed: a folder that takes no files (read-only, full) loses no result.
+    for result in results:
+        write_eval_files(result, result.checkpoint.parent)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
 
 from hmdbattn.cli import app
-from hmdbattn.cli.common import ConfigOption, JsonOption, SetOption, resolve_config
+from hmdbattn.cli.common import (
+    ConfigOption,
+    JsonOption,
+    SetOption,
+    command_line,
+    on_interrupt,
+    resolve_config,
+)
 from hmdbattn.config import load_config
 from hmdbattn.errors import UserError
 from hmdbattn.report import console, print_json, table
@@ -40,8 +48,13 @@ def pretrain(
     else:
         cfg = resolve_config(config, overrides)
         run_dir = cfg.train.out_dir / run_name(cfg, config)
+    restart = command_line(add="--overwrite")
     with distributed.session() as runtime:
-        result = pretrain_run(cfg, run_dir, runtime, resume=resume is not None, overwrite=overwrite)
+        line = RunDir(run_dir, "pretrain").interrupted
+        with on_interrupt(functools.partial(line, restart) if runtime.is_main else None):
+            result = pretrain_run(
+                cfg, run_dir, runtime, resume=resume is not None, overwrite=overwrite
+            )
     if not runtime.is_main:
         return
     if json_out:

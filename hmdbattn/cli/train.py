@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
 
 from hmdbattn.cli import app
-from hmdbattn.cli.common import ConfigOption, JsonOption, SetOption, resolve_config
+from hmdbattn.cli.common import (
+    ConfigOption,
+    JsonOption,
+    SetOption,
+    command_line,
+    on_interrupt,
+    resolve_config,
+)
 from hmdbattn.config import Config, load_config
 from hmdbattn.errors import UserError
 from hmdbattn.report import print_json, print_model_summary, print_run_summary
@@ -83,10 +91,12 @@ def train(
 
     results = {}
     with distributed.session() as runtime:
-        for run_cfg, run_dir in runs:
-            state = train_run(
-                run_cfg, run_dir, runtime, resume=resume is not None, overwrite=overwrite
-            )
+        for number, (run_cfg, run_dir) in enumerate(runs):
+            line = functools.partial(interrupted_line, runs, number)
+            with on_interrupt(line if runtime.is_main else None):
+                state = train_run(
+                    run_cfg, run_dir, runtime, resume=resume is not None, overwrite=overwrite
+                )
             results[str(run_dir)] = summary(state)
     if not runtime.is_main:
         return
@@ -94,3 +104,15 @@ def train(
         print_json(results)
     else:
         print_run_summary(results)
+
+
+def interrupted_line(runs: list[tuple[Config, Path]], number: int) -> str:
+    """What a Ctrl-C in run `number` of `runs` kept, and the commands that go on from there."""
+    from hmdbattn.engine.rundir import RunDir
+
+    line = RunDir(runs[number][1]).interrupted(command_line(add="--overwrite"))
+    left = [str(cfg.data.split) for cfg, _ in runs[number + 1 :]]
+    if left:
+        rest = command_line(replace={"--splits": ",".join(left)})
+        line += f"; then train the splits not started with `{rest}`"
+    return line

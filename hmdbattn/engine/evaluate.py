@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from hmdbattn.checkpoint import load_checkpoint
+from hmdbattn.checkpoint import damaged, load_checkpoint, load_weights
 from hmdbattn.config import Config, load_config
 from hmdbattn.data.datasets import EvalClips, build_eval_dataset, make_loader
 from hmdbattn.data.transforms import VideoTransform
@@ -27,8 +27,8 @@ from hmdbattn.engine.metrics import (
 )
 from hmdbattn.engine.precision import autocast
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import atomic_write_text
-from hmdbattn.models.classifier import model_from_checkpoint
+from hmdbattn.fileio import atomic_write_text, os_error_text
+from hmdbattn.models.classifier import VideoClassifier, build_model
 from hmdbattn.report import progress
 
 
@@ -166,27 +166,41 @@ def checkpoint_config(
     return load_config(path, overrides, base=ckpt["config"], base_name=str(checkpoint))
 
 
+def checkpoint_model(ckpt: dict[str, Any], config: Config, path: Path) -> VideoClassifier:
+    """The trained model of the checkpoint `path`; weights that do not fit are named in one line."""
+    model_config = config.model.model_copy(update={"pretrained": False, "weights": None})
+    with damaged(path):
+        model = build_model(model_config, len(ckpt["classes"]))
+        load_weights(model, ckpt["model"], path)
+    return model.eval()
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     config_path: Path | None = None,
     overrides: list[str] | None = None,
     runtime: Runtime | None = None,
     time_reversed: bool = False,
+    write: bool = True,
 ) -> EvalResult:
     """Score a checkpoint on ``eval.subset`` of ``data.split`` and compute every metric.
 
-    Rank 0 writes ``eval.json`` and the confusion matrix (CSV and PNG) beside the checkpoint.
+    With `write`, rank 0 writes ``eval.json`` and the confusion matrix (CSV and PNG) beside the
+    checkpoint (the CLI prints the results first and writes them after: `write_eval_files`).
+    A checkpoint that lacks keys or holds another model's weights is a UserError.
     """
     runtime = runtime or Runtime(torch.device("cpu"))
     ckpt = load_checkpoint(checkpoint)
-    config = checkpoint_config(ckpt, config_path, overrides or [], checkpoint)
+    with damaged(checkpoint):
+        config = checkpoint_config(ckpt, config_path, overrides or [], checkpoint)
+        trained = list(ckpt["classes"])
     data = build_eval_dataset(config, config.eval.subset)
-    if data.classes != ckpt["classes"]:
+    if data.classes != trained:
         raise UserError(
             f"{config.data.root} has classes {data.classes[:3]}... but {checkpoint} was trained "
-            f"on {ckpt['classes'][:3]}...: point data.root at the dataset it was trained on"
+            f"on {trained[:3]}...: point data.root at the dataset it was trained on"
         )
-    model = model_from_checkpoint(ckpt, config).to(runtime.device)
+    model = checkpoint_model(ckpt, config, checkpoint).to(runtime.device)
     scores = score_clips(model, data.dataset, config, runtime, time_reversed)
     result = EvalResult(
         checkpoint,
@@ -197,16 +211,33 @@ def evaluate_checkpoint(
         list(data.excluded),
         time_reversed,
     )
-    if runtime.is_main:
+    if write and runtime.is_main:
         write_eval_files(result, checkpoint.parent)
     return result
 
 
 def write_eval_files(result: EvalResult, folder: Path) -> None:
-    """``eval[-<subset>][-reversed].json``, ``confusion*.csv`` and ``confusion*.png``."""
+    """``eval[-<subset>][-reversed].json``, ``confusion*.csv`` and ``confusion*.png``.
+
+    A file that cannot be written (read-only folder, full disk) is a UserError naming it.
+    """
     suffix = "" if result.subset == "test" else f"-{result.subset}"
     suffix += "-reversed" if result.time_reversed else ""
-    atomic_write_text(folder / f"eval{suffix}.json", json.dumps(result.to_dict(), indent=2))
     names = result.metrics.class_names
-    write_confusion_csv(folder / f"confusion{suffix}.csv", result.metrics.confusion, names)
-    write_confusion_png(folder / f"confusion{suffix}.png", result.metrics.confusion, names)
+    confusion = result.metrics.confusion
+    writers: list[tuple[Path, Callable[[Path], None]]] = [
+        (
+            folder / f"eval{suffix}.json",
+            lambda p: atomic_write_text(p, json.dumps(result.to_dict(), indent=2), sync=True),
+        ),
+        (folder / f"confusion{suffix}.csv", lambda p: write_confusion_csv(p, confusion, names)),
+        (folder / f"confusion{suffix}.png", lambda p: write_confusion_png(p, confusion, names)),
+    ]
+    for path, write in writers:
+        try:
+            write(path)
+        except OSError as exc:
+            raise UserError(
+                f"{path}: cannot write ({os_error_text(exc)}); the results printed above are "
+                "complete"
+            ) from None

@@ -24,7 +24,7 @@ from rich.progress import Progress, TaskID
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, damaged
 from hmdbattn.config import Config
 from hmdbattn.data.datasets import Excluded, TrainClips, resolve_videos
 from hmdbattn.data.hmdb51 import scan_dataset
@@ -32,7 +32,7 @@ from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import Runtime, checksum, gather
 from hmdbattn.engine.optim import Schedule, build_optimizer
 from hmdbattn.engine.precision import autocast, fp16, memory_format
-from hmdbattn.engine.rundir import RunDir
+from hmdbattn.engine.rundir import RunDir, stop_reason
 from hmdbattn.engine.train import (
     CHECK_EVERY,
     StepParts,
@@ -44,7 +44,6 @@ from hmdbattn.engine.train import (
     wrap_ddp,
 )
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import atomic_write_text
 from hmdbattn.models.classifier import build_model
 from hmdbattn.models.init import load_init
 from hmdbattn.models.masking import tube_mask
@@ -91,7 +90,7 @@ def pretrain_clips(config: Config) -> tuple[TrainClips, list[Excluded]]:
 
 
 def build_run(
-    config: Config, run_dir: Path, runtime: Runtime, last: dict[str, Any] | None
+    config: Config, run_dir: RunDir, runtime: Runtime, last: dict[str, Any] | None
 ) -> PretrainRun:
     """Data, model, objective, optimiser (restored from `last`, ``last.pt``, when resuming)."""
     torch.manual_seed(config.train.seed)
@@ -115,7 +114,7 @@ def build_run(
     run = PretrainRun(
         config,
         runtime,
-        RunDir(run_dir),
+        run_dir,
         clips,
         excluded,
         pretrainer,
@@ -128,20 +127,15 @@ def build_run(
     return run
 
 
-def check_kind(ckpt: dict[str, Any], path: Path) -> None:
-    """A UserError unless `ckpt` was written by `pretrain`."""
-    if ckpt.get("kind") != "pretrain":
-        raise UserError(f"{path}: not a pretraining checkpoint (made by `hmdbattn train`?)")
-
-
 def restore(run: PretrainRun, ckpt: dict[str, Any]) -> None:
     """Continue where `ckpt` stopped: weights, decoder, optimiser, scaler, counters, RNG."""
-    run.pretrainer.load_states(ckpt["model"], ckpt["decoder"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scaler.load_state_dict(ckpt["scaler"])
-    s = ckpt["state"]
-    run.state = PretrainState(s["epoch"], s["step"], s["history"], s["stop_reason"])
-    set_rng_states(ckpt["rng"])
+    with damaged(run.run.last):
+        run.pretrainer.load_states(ckpt["model"], ckpt["decoder"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scaler.load_state_dict(ckpt["scaler"])
+        s = ckpt["state"]
+        run.state = PretrainState(s["epoch"], s["step"], s["history"], s["stop_reason"])
+        set_rng_states(ckpt["rng"])
 
 
 def checkpoint(run: PretrainRun) -> dict[str, Any]:
@@ -221,8 +215,7 @@ def end_epoch(run: PretrainRun, row: dict[str, Any]) -> None:
     s, c = run.state, run.config.train
     s.history.append(row)
     s.epoch += 1
-    if c.max_steps and s.step >= c.max_steps:
-        s.stop_reason = f"step limit {c.max_steps} reached"
+    s.stop_reason = stop_reason(c, s.epoch, s.step, None)
     if not run.runtime.is_main:
         return
     run.run.save_checkpoint(checkpoint(run), best=False)
@@ -230,7 +223,9 @@ def end_epoch(run: PretrainRun, row: dict[str, Any]) -> None:
     if run.config.pretrain.pictures:
         from hmdbattn.reconstruction import draw_epoch
 
-        draw_epoch(run.pretrainer, run.clips, run.config, run.run.path / "pictures", s.epoch)
+        pictures = run.run.path / "pictures"
+        with run.run.writing(pictures):
+            draw_epoch(run.pretrainer, run.clips, run.config, pictures, s.epoch)
 
 
 def run_epochs(run: PretrainRun) -> PretrainState:
@@ -267,16 +262,21 @@ def _epoch_line(row: dict[str, Any]) -> str:
 def pretrain(
     config: Config, run_dir: Path, runtime: Runtime, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Pretrain (or resume) the run in `run_dir`; returns its summary (also ``result.json``)."""
-    last = RunDir(run_dir).load_last() if resume else None
-    if last is not None:  # before prepare rewrites config.toml: a `train` run is left as it was
-        check_kind(last, RunDir(run_dir).last)
-    RunDir(run_dir).prepare_on_main(config, runtime, resume, overwrite)
-    run = build_run(config, run_dir, runtime, last)
+    """Pretrain (or resume) the run in `run_dir`; returns its summary (also ``result.json``).
+
+    The run directory's contract is `train`'s (see `RunDir`): nothing is written before a
+    resume has restored ``last.pt``, and a `train` run is refused.
+    """
+    folder = RunDir(run_dir, "pretrain")
+    last = folder.resume(config, runtime) if resume else None
+    if last is None:
+        folder.start_on_main(config, runtime, overwrite)
+    run = build_run(config, folder, runtime, last)
     if runtime.is_main:
+        if last is not None:
+            folder.after_restore(config, last)
         print_excluded(run.excluded)
-        names = "".join(f"{v.path}\n" for v in run.clips.videos)
-        atomic_write_text(run.run.path / "videos.txt", names)
+        folder.write_text("videos.txt", "".join(f"{v.path}\n" for v in run.clips.videos))
     run_epochs(run)
     sums = gather(checksum(run.pretrainer), runtime)
     if len(set(sums)) > 1:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, damaged, load_weights
 from hmdbattn.config import Config, TrainConfig
 from hmdbattn.data.datasets import ClipData, TrainClips, build_datasets, make_loader
 from hmdbattn.data.transforms import VideoTransform
@@ -31,9 +31,8 @@ from hmdbattn.engine.distributed import Runtime, checksum, gather, sync_buffers
 from hmdbattn.engine.evaluate import score_clips
 from hmdbattn.engine.optim import Schedule, build_optimizer, cnn_frozen, mix_batch
 from hmdbattn.engine.precision import autocast, channels_last, fp16, memory_format
-from hmdbattn.engine.rundir import RunDir
+from hmdbattn.engine.rundir import RunDir, stop_reason
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import atomic_write_text
 from hmdbattn.models.classifier import VideoClassifier, build_model
 from hmdbattn.models.init import load_init
 from hmdbattn.report import err_console, print_excluded, progress
@@ -63,7 +62,7 @@ class Trainer:
 
     config: Config
     runtime: Runtime
-    run_dir: Path
+    run: RunDir
     data: ClipData
     model: VideoClassifier
     optimizer: torch.optim.Optimizer
@@ -72,9 +71,15 @@ class Trainer:
     state: RunState
     loss: LossFn | None = None  # None: classification (cross-entropy); else the objective
 
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
-def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool) -> Trainer:
-    """Data, model, optimiser and state of a run (restored from ``last.pt`` when resuming)."""
+
+def build_trainer(
+    config: Config, run: RunDir, runtime: Runtime, last: dict[str, Any] | None = None
+) -> Trainer:
+    """Data, model, optimiser and state of a run (restored from `last`, ``last.pt``, if given)."""
     torch.manual_seed(config.train.seed)
     data = build_datasets(config)
     num_classes = len(data.classes)
@@ -83,8 +88,10 @@ def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool)
             f"model.num_classes = {config.model.num_classes} but {config.data.root} has "
             f"{num_classes} classes: remove model.num_classes or fix it"
         )
+    if last is not None:
+        check_classes(last, data.classes, run.last, config)
     model = build_model(config, num_classes)
-    if config.model.init is not None and not resume:  # a resumed run has its own weights
+    if config.model.init is not None and last is None:  # a resumed run has its own weights
         init = load_init(model, config.model.init, config.model.init_parts, data.classes)
         if runtime.is_main:
             err_console.print(init.line(), highlight=False)
@@ -96,7 +103,7 @@ def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool)
     trainer = Trainer(
         config,
         runtime,
-        run_dir,
+        run,
         data,
         model,
         optimizer,
@@ -104,21 +111,39 @@ def build_trainer(config: Config, run_dir: Path, runtime: Runtime, resume: bool)
         torch.amp.GradScaler("cuda", enabled=fp16(config, runtime.device)),
         RunState(),
     )
-    if resume:
-        restore(trainer, RunDir(run_dir).load_last())
+    if last is not None:
+        restore(trainer, last)
     return trainer
+
+
+def check_classes(ckpt: dict[str, Any], classes: list[str], path: Path, config: Config) -> None:
+    """A UserError unless the checkpoint `path` was trained on `classes` (those of data.root)."""
+    with damaged(path):
+        trained = list(ckpt["classes"])
+    if trained != classes:
+        raise UserError(
+            f"{config.data.root} has classes {classes[:3]}... but {path} was trained on "
+            f"{trained[:3]}...: point data.root at the dataset it was trained on"
+        )
 
 
 def restore(trainer: Trainer, ckpt: dict[str, Any]) -> None:
     """Continue where `ckpt` stopped: weights, optimiser, scaler, counters and RNG states."""
-    trainer.model.load_state_dict(ckpt["model"])
-    trainer.optimizer.load_state_dict(ckpt["optimizer"])
-    trainer.scaler.load_state_dict(ckpt["scaler"])
-    s = ckpt["state"]
-    trainer.state = RunState(
-        s["epoch"], s["step"], s["history"], s["best_epoch"], s["best_accuracy"], s["stop_reason"]
-    )
-    set_rng_states(ckpt["rng"])
+    path = trainer.run.last
+    with damaged(path):
+        load_weights(trainer.model, ckpt["model"], path)
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.scaler.load_state_dict(ckpt["scaler"])
+        s = ckpt["state"]
+        trainer.state = RunState(
+            s["epoch"],
+            s["step"],
+            s["history"],
+            s["best_epoch"],
+            s["best_accuracy"],
+            s["stop_reason"],
+        )
+        set_rng_states(ckpt["rng"])
 
 
 def checkpoint(trainer: Trainer) -> dict[str, Any]:
@@ -288,7 +313,7 @@ def check_finite(loss_sum: torch.Tensor, trainer: Trainer) -> None:
     """Stop the run (on every rank) when the loss is NaN or infinite."""
     bad = not bool(torch.isfinite(loss_sum))
     if any(gather(bad, trainer.runtime)):
-        last = trainer.run_dir / "last.pt"
+        last = trainer.run.last
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
         raise UserError(
             f"the training loss became non-finite in epoch {trainer.state.epoch + 1} "
@@ -317,15 +342,11 @@ def end_epoch(trainer: Trainer, row: dict[str, Any]) -> None:
     improved = row["val_video_acc"] > s.best_accuracy
     if improved:
         s.best_epoch, s.best_accuracy = s.epoch, row["val_video_acc"]
-    if c.patience and s.epoch - s.best_epoch >= c.patience:
-        s.stop_reason = f"early stop: no better video accuracy for {c.patience} epochs"
-    if c.max_steps and s.step >= c.max_steps:
-        s.stop_reason = f"step limit {c.max_steps} reached"
+    s.stop_reason = stop_reason(c, s.epoch, s.step, s.best_epoch)
     if not trainer.runtime.is_main:
         return
-    run = RunDir(trainer.run_dir)
-    run.save_checkpoint(checkpoint(trainer), best=improved)
-    run.write_metrics(s.history)
+    trainer.run.save_checkpoint(checkpoint(trainer), best=improved)
+    trainer.run.write_metrics(s.history)
     log_tensorboard(trainer, row)
 
 
@@ -339,7 +360,8 @@ def log_tensorboard(trainer: Trainer, row: dict[str, Any]) -> None:
         return
     # One short-lived writer per epoch: nothing stays open if the run is killed, and a resumed
     # run appends to the same folder.
-    with SummaryWriter(str(trainer.run_dir / "tensorboard")) as writer:
+    folder = trainer.run_dir / "tensorboard"
+    with trainer.run.writing(folder), SummaryWriter(str(folder)) as writer:
         for key, value in row.items():
             if key != "epoch":
                 writer.add_scalar(key, value, row["epoch"])
@@ -390,10 +412,19 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
 ) -> RunState:
-    """Train (or resume) the run in `run_dir`; returns its final state (history, best epoch)."""
-    RunDir(run_dir).prepare_on_main(config, runtime, resume, overwrite)
-    trainer = build_trainer(config, run_dir, runtime, resume)
+    """Train (or resume) the run in `run_dir`; returns its final state (history, best epoch).
+
+    A new run refuses a folder holding another (unless `overwrite`); a resume restores
+    ``last.pt`` before it writes anything (see `RunDir`).
+    """
+    run = RunDir(run_dir)
+    last = run.resume(config, runtime) if resume else None
+    if last is None:
+        run.start_on_main(config, runtime, overwrite)
+    trainer = build_trainer(config, run, runtime, last)
     if runtime.is_main:
+        if last is not None:
+            run.after_restore(config, last)
         print_excluded(trainer.data.excluded)
         record_train_choice(trainer)
     state = run_epochs(trainer)
@@ -402,7 +433,7 @@ def train(
         raise RuntimeError(f"the ranks hold different weights after training: {sums}")
     if runtime.is_main:
         result = summary(state) | {"ranks": runtime.world_size, "rank_checksums": sums}
-        RunDir(run_dir).write_result(result)
+        run.write_result(result)
     return state
 
 
@@ -412,8 +443,7 @@ def record_train_choice(trainer: Trainer) -> None:
     if not data.train_per_class:
         return
     videos = sorted(v.path for v in trainer.data.train.videos)
-    path = trainer.run_dir / "train_videos.txt"
-    atomic_write_text(path, "".join(f"{v}\n" for v in videos))
+    path = trainer.run.write_text("train_videos.txt", "".join(f"{v}\n" for v in videos))
     err_console.print(
         f"training on {len(videos)} videos: data.train_per_class = {data.train_per_class} "
         f"(data.subset_seed = {data.subset_seed}), listed in {path}",
