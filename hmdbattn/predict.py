@@ -272,7 +272,7 @@ class Predictor:
             # without importing the evaluation machinery.
             config = load_config(None, None, base=ckpt["config"], base_name=str(path))
             classes = list(ckpt["classes"])
-            model = model_from_checkpoint(ckpt, config)
+            model = model_from_checkpoint(ckpt, config, path)
         except (KeyError, TypeError, RuntimeError) as exc:
             reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
             raise UserError(f"{path}: damaged checkpoint ({reason[:200]})") from None

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from hmdbattn.checkpoint import damaged, load_checkpoint, load_weights
+from hmdbattn.checkpoint import damaged, load_checkpoint
 from hmdbattn.config import Config, load_config
 from hmdbattn.data.datasets import EvalClips, build_eval_dataset, make_loader
 from hmdbattn.data.transforms import VideoTransform
@@ -28,7 +28,7 @@ from hmdbattn.engine.metrics import (
 from hmdbattn.engine.precision import autocast
 from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text, os_error_text
-from hmdbattn.models.classifier import VideoClassifier, build_model
+from hmdbattn.models.classifier import model_from_checkpoint
 from hmdbattn.report import progress
 
 
@@ -166,15 +166,6 @@ def checkpoint_config(
     return load_config(path, overrides, base=ckpt["config"], base_name=str(checkpoint))
 
 
-def checkpoint_model(ckpt: dict[str, Any], config: Config, path: Path) -> VideoClassifier:
-    """The trained model of the checkpoint `path`; weights that do not fit are named in one line."""
-    model_config = config.model.model_copy(update={"pretrained": False, "weights": None})
-    with damaged(path):
-        model = build_model(model_config, len(ckpt["classes"]))
-        load_weights(model, ckpt["model"], path)
-    return model.eval()
-
-
 def evaluate_checkpoint(
     checkpoint: Path,
     config_path: Path | None = None,
@@ -200,7 +191,7 @@ def evaluate_checkpoint(
             f"{config.data.root} has classes {data.classes[:3]}... but {checkpoint} was trained "
             f"on {trained[:3]}...: point data.root at the dataset it was trained on"
         )
-    model = checkpoint_model(ckpt, config, checkpoint).to(runtime.device)
+    model = model_from_checkpoint(ckpt, config, checkpoint).to(runtime.device)
     scores = score_clips(model, data.dataset, config, runtime, time_reversed)
     result = EvalResult(
         checkpoint,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hmdbattn.checkpoint import damaged, load_weights
 from hmdbattn.config import Config, ModelConfig
 from hmdbattn.models.backbone import Backbone, build_backbone
 from hmdbattn.models.perceiver import Classifier, PerceiverHead
@@ -122,9 +124,13 @@ def clip_profile(
     return param_counts(model), gmacs, tuple(features.shape[2:])
 
 
-def model_from_checkpoint(ckpt: dict, config: Config) -> VideoClassifier:
-    """The trained model of a checkpoint (weights from the checkpoint, not from Kinetics)."""
+def model_from_checkpoint(ckpt: dict, config: Config, path: Path) -> VideoClassifier:
+    """The trained model of the checkpoint `path` (its weights, not Kinetics').
+
+    A damaged checkpoint, or weights that do not fit this model, is a UserError naming the keys.
+    """
     mc = config.model.model_copy(update={"pretrained": False, "weights": None})
-    model = build_model(mc, len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
+    with damaged(path):
+        model = build_model(mc, len(ckpt["classes"]))
+        load_weights(model, ckpt["model"], path)
     return model.eval()
