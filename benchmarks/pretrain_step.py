@@ -320,15 +320,11 @@ def print_table(
             f"{r['cpu_ms_per_step']:>10.1f}{r['clips_per_s']:>10.2f}"
             f"{fmt(r['peak_mib'], '.0f'):>10}{fmt(r['vs_train'], '.3f'):>9}"
         )
-    memory = (
-        "torch.cuda.max_memory_allocated"
-        if device.type == "cuda"
-        else "peak RSS growth during a step (VmHWM, glibc mmap threshold 64 KiB)"
-    )
+    growth = "max_memory_allocated" if device.type == "cuda" else "RSS (VmHWM)"
     print(
         f"x train: step time over the classification step's (same head and variant, paired "
         f"by round, {clock} time); peak MiB: params (decoder and EMA copy included) + optimiser "
-        f"state + {memory}"
+        f"state + the {growth} growth during a step (see benchmarks/common.py)"
     )
 
 
