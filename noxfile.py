@@ -40,4 +40,5 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/loader.py")
     session.run("python", "benchmarks/train_step.py", "--device", "cpu")
     session.run("python", "benchmarks/eval_step.py", "--device", "cpu")
+    session.run("python", "benchmarks/pretrain_step.py", "--device", "cpu")
     session.run("python", "benchmarks/predict.py")

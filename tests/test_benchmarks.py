@@ -180,14 +180,16 @@ def test_gpu_script_is_valid_and_passes_known_options() -> None:
     """gpu.sh cannot run here (no GPU): check its syntax and every option it passes."""
     subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")], check=True)
     commands = gpu_commands()
-    assert [name for name, _ in commands] == ["train_step.py", "eval_step.py"]
+    assert [name for name, _ in commands] == ["train_step.py", "eval_step.py", "pretrain_step.py"]
     sys.path.insert(0, str(BENCH))
     try:
         import eval_step
+        import pretrain_step
         import train_step
     finally:
         sys.path.remove(str(BENCH))
     scripts = {"train_step.py": train_step, "eval_step.py": eval_step}
+    scripts["pretrain_step.py"] = pretrain_step
     for name, args in commands:
         parsed = scripts[name].parse_args(args)  # argparse exits on an unknown option
         assert parsed.device == "cuda" and parsed.json is not None
@@ -221,3 +223,93 @@ def test_predict_prints_cold_start_floor_and_ratio() -> None:
     last = stdout.strip().splitlines()[-1]
     assert re.fullmatch(rf"ratio: {NUMBER}", last), stdout
     assert float(last.split()[1]) > 0
+
+
+# The pretraining rows at the tiny size, with a narrow decoder too.
+PRETRAIN_TINY = [*TINY, "--set", "pretrain.decoder_dim=16", "--set", "pretrain.decoder_heads=2"]
+PRETRAIN_ROWS = ["train", "video-pixels", "video-ema", "tokens"]
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    out = tmp_path_factory.mktemp("pretrain") / "pretrain_step.json"
+    return run_script("pretrain_step.py", *PRETRAIN_TINY, "--json", out), out
+
+
+def test_pretrain_step_prints_each_objective_against_the_train_step(
+    pretrain_run: tuple[str, Path],
+) -> None:
+    """benchmarks/pretrain_step.py: a row per objective, each timed against the train step."""
+    stdout, out = pretrain_run
+    rows = table_rows(stdout)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("hmdb51", row, "fp32") for row in PRETRAIN_ROWS
+    ], stdout
+    for words in rows:  # ms/step, CPU ms, clips/s, peak MiB, x train: all numbers
+        assert all(re.fullmatch(NUMBER, w) for w in words[3:]) and len(words) == 8, words
+    assert rows[0][-1] == "1.000", stdout  # the baseline against itself
+    assert re.fullmatch(
+        rf"ratios: video-pixels/train {NUMBER}x, video-ema/train {NUMBER}x, "
+        rf"tokens/train {NUMBER}x",
+        ratio_line(stdout),
+    ), stdout
+    report = json.loads(out.read_text())
+    assert [r["row"] for r in report["rows"]] == PRETRAIN_ROWS
+    assert all(r["peak_mib"] > 0 and r["clips_per_s"] > 0 for r in report["rows"])
+    assert set(report["ratios"]) == {"video-pixels/train", "video-ema/train", "tokens/train"}
+
+
+def test_pretrain_step_rows_are_the_pretrain_configs_objectives() -> None:
+    """Each row runs its objective with configs/hmdb51-pretrain.toml's optimiser."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import pretrain_step
+        from common import Size
+    finally:
+        sys.path.remove(str(BENCH))
+    size = Size(8, 16, 112, 32)
+    configs = {row: pretrain_step.row_config("hmdb51", row, size, {}) for row in PRETRAIN_ROWS}
+    objectives = {row: (c.pretrain.mode, c.pretrain.target) for row, c in configs.items()}
+    assert objectives["video-pixels"] == ("video", "pixels")
+    assert objectives["video-ema"] == ("video", "ema")
+    assert objectives["tokens"][0] == "tokens"
+    for c in configs.values():
+        assert (c.train.optimizer, c.train.grad_clip, c.data.batch_size) == ("adamw", 1.0, 32)
+        assert (c.model.cnn_blocks, c.data.crop_size, c.model.pretrained) == (8, 112, False)
+    assert configs["video-ema"].pretrain.patch_size == 16  # the stride at 8 blocks
+
+
+def test_pretrain_step_refuses_a_crop_the_cnn_stride_does_not_divide() -> None:
+    """A crop the token grid cannot take: one line naming it, no traceback."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "pretrain_step.py"), "--device", "cpu", "--crop", "56"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip() == (
+        "--crop 56: pretraining needs a multiple of the CNN's spatial stride 16 at 8 blocks, "
+        "e.g. 64"
+    ), done.stderr
+
+
+def test_gpu_summary_gathers_the_pretrain_rows(
+    pretrain_run: tuple[str, Path], tmp_path: Path
+) -> None:
+    """summary.txt has a line per pretraining row and the pretraining ratios."""
+    (tmp_path / "pretrain_step.json").write_text(pretrain_run[1].read_text())
+    sys.path.insert(0, str(BENCH))
+    try:
+        from gpu_summary import write_summary
+    finally:
+        sys.path.remove(str(BENCH))
+    figures = write_summary(tmp_path)
+    assert figures["pretrain_step"]["ratios"].keys() >= {"tokens/train"}
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    rows = [line.split()[:4] for line in lines if line.startswith("pretrain hmdb51 ")]
+    assert [r[2] for r in rows] == PRETRAIN_ROWS, lines
+    ratios = next(line for line in lines if line.startswith("pretrain ratios: "))
+    assert re.fullmatch(
+        rf"pretrain ratios: video-pixels/train {NUMBER}x, video-ema/train {NUMBER}x, "
+        rf"tokens/train {NUMBER}x",
+        ratios,
+    ), ratios
