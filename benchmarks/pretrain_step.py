@@ -70,7 +70,7 @@ from common import (
 from hmdbattn.config import Config, read_toml
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import pick_device
-from hmdbattn.engine.optim import build_optimizer
+from hmdbattn.engine.pretrain import pretrain_optimizer
 from hmdbattn.engine.train import train_step
 from hmdbattn.errors import UserError
 from hmdbattn.models.classifier import build_model
@@ -176,14 +176,7 @@ class Pretrainee:
         self.memory = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.pretrainer = build_pretrainer(model, config).to(device).train()
         self.pretrainer = self.pretrainer.to(memory_format=self.memory)
-        self.optimizer = build_optimizer(model, config.train)
-        self.optimizer.add_param_group(
-            {
-                "name": "decoder",
-                "params": list(self.pretrainer.decoder.parameters()),
-                "weight_decay": config.train.weight_decay,
-            }
-        )
+        self.optimizer = pretrain_optimizer(self.pretrainer, config)
         self.grid = mask_grid(config, model)
         self.parts = {
             p: dataclasses.replace(

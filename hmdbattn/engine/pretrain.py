@@ -89,6 +89,19 @@ def pretrain_clips(config: Config) -> tuple[TrainClips, list[Excluded]]:
     return TrainClips(config, sorted(videos, key=lambda v: v.path), index.classes), excluded
 
 
+def pretrain_optimizer(pretrainer: Pretrainer, config: Config) -> torch.optim.Optimizer:
+    """The model's optimiser (``train.*``) with one more parameter group: the decoder's."""
+    optimizer = build_optimizer(pretrainer.model, config.train)
+    optimizer.add_param_group(
+        {
+            "name": "decoder",
+            "params": list(pretrainer.decoder.parameters()),
+            "weight_decay": config.train.weight_decay,
+        }
+    )
+    return optimizer
+
+
 def build_run(
     config: Config, run_dir: RunDir, runtime: Runtime, last: dict[str, Any] | None
 ) -> PretrainRun:
@@ -102,14 +115,7 @@ def build_run(
             err_console.print(report.line(), highlight=False)
     pretrainer = build_pretrainer(model, config).to(runtime.device)
     pretrainer = pretrainer.to(memory_format=memory_format(config, runtime.device))
-    optimizer = build_optimizer(model, config.train)
-    optimizer.add_param_group(
-        {
-            "name": "decoder",
-            "params": list(pretrainer.decoder.parameters()),
-            "weight_decay": config.train.weight_decay,
-        }
-    )
+    optimizer = pretrain_optimizer(pretrainer, config)
     steps = math.ceil(len(clips) / (config.data.batch_size * runtime.world_size))
     run = PretrainRun(
         config,
