@@ -24,6 +24,7 @@ from torch import nn
 
 from hmdbattn import load_config
 from hmdbattn.engine.distributed import Runtime
+from hmdbattn.engine.rundir import RunDir
 from hmdbattn.engine.train import Trainer, build_trainer, run_epochs, step_parts, train_step
 from hmdbattn.report import quiet
 
@@ -34,7 +35,7 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 def trainer_with(root: Path, out: Path, runtime: Runtime = CPU, **keys: object) -> Trainer:
     """The trainer a run with these config keys starts with."""
     config = load_config(None, tiny_overrides(root, out, **keys))
-    return build_trainer(config, out / "run", runtime, resume=False)
+    return build_trainer(config, RunDir(out / "run"), runtime)
 
 
 def batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

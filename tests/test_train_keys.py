@@ -20,6 +20,7 @@ from torch import nn
 from hmdbattn import load_config
 from hmdbattn.engine import train as train_module
 from hmdbattn.engine.distributed import Runtime
+from hmdbattn.engine.rundir import RunDir
 from hmdbattn.engine.train import Trainer, build_trainer, run_epochs, step_parts, train_step
 from hmdbattn.models.classifier import build_model
 from hmdbattn.report import quiet
@@ -31,7 +32,7 @@ CLASSES = 4  # the tiny dataset's
 def trainer_with(root: Path, out: Path, **keys: object) -> Trainer:
     """The trainer a run with these config keys starts with (weights from ``train.seed``)."""
     config = load_config(None, tiny_overrides(root, out, **keys))
-    return build_trainer(config, out / "run", CPU, resume=False)
+    return build_trainer(config, RunDir(out / "run"), CPU)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
