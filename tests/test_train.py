@@ -216,7 +216,9 @@ def test_tensorboard_gets_every_epoch_metric(tiny_dataset, tmp_path) -> None:
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train_loss", "val_loss", "val_video_acc", "lr"} <= tags
-    assert [e.step for e in events.Scalars("val_video_acc")] == [1, 2]
+    # One writer per epoch: two event files written in the same second may be read in either
+    # order, and TensorBoard plots by step, so the steps are compared as a set.
+    assert sorted(e.step for e in events.Scalars("val_video_acc")) == [1, 2]
 
 
 def _step_parts(model: torch.nn.Module, c: TrainConfig, **extra: object) -> StepParts:
