@@ -43,7 +43,7 @@ def ablate(
     Precedence of settings: the config file (--config, else the grid's base) < the variant's
     own settings < --set. Finished runs are skipped and interrupted ones resumed, so the same
     command continues an ablation. The markdown table goes to stdout and, with CSV and JSON,
-    to <train.out_dir>/ablate-<grid>/results.*.
+    to <train.out_dir>/ablate-GRID/results.* (GRID: the grid's name).
     """
     from hmdbattn import ablate as core
 

@@ -42,7 +42,7 @@ def predict(
     explain: Path | None = typer.Option(
         None,
         "--explain",
-        help="Draw where the model looks: a directory (<stem>.explain.png per video), "
+        help="Draw where the model looks: a directory (STEM.explain.png per video), "
         "or a .png file for a single video.",
     ),
     json_out: bool = JsonOption,
