@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from videofiles import write_avi, write_vfr
 
-from hmdbattn.data.decode import DecodeError, _fps, decode_video, probe
+from hmdbattn.data.clips import spread
+from hmdbattn.data.datasets import ClipVideo, FrameReader
+from hmdbattn.data.decode import DecodeError, _fps, _Reader, decode_video, probe
 from hmdbattn.data.video import decode_window
 
 
@@ -152,3 +154,61 @@ def test_probe_reads_the_header(videos: Path) -> None:
     vfr = probe(videos / "vfr.mkv")
     assert vfr.frames is None
     assert vfr.duration == pytest.approx(0.6, abs=0.05)
+
+
+# --- The on-the-fly path converts only the frames a clip samples (issue 15) -----------------
+
+
+def _on_the_fly(folder: Path, resize: tuple[int, int]) -> FrameReader:
+    """The frame reader of ``data.source = "video"`` over the videos in `folder`."""
+    data = SimpleNamespace(
+        source="video", videos_dir=folder, cache_path=folder / "cache", resize=resize
+    )
+    return FrameReader(data)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def clips_videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4 s video (120 frames, a keyframe every 12) and a 0.4 s one, shorter than a window."""
+    folder = tmp_path_factory.mktemp("clips")
+    write_avi(folder / "long.avi", num_frames=120, seed=1)
+    write_avi(folder / "short.avi", num_frames=12, seed=2)
+    return folder
+
+
+# (video, frames, window start in frames): start, middle and end of the video, and a video
+# shorter than the 2 s window (its 16 indices repeat some of its 12 frames).
+_CLIP_WINDOWS = [("long.avi", 120, 0.0), ("long.avi", 120, 37.0), ("long.avi", 120, 60.0)]
+
+
+@pytest.mark.parametrize(("name", "frames", "start"), [*_CLIP_WINDOWS, ("short.avi", 12, 0.0)])
+def test_clip_frames_equal_a_full_decodes(
+    clips_videos: Path, name: str, frames: int, start: float
+) -> None:
+    size = (32, 40)  # resized while decoding, as training does
+    indices = spread(start, min(60, frames), 16, frames)
+    clip = _on_the_fly(clips_videos, size).read(ClipVideo(name, 0, frames, 30.0), indices)
+    full = decode_video(clips_videos / name, size=size).frames
+    assert len(full) == frames
+    np.testing.assert_array_equal(clip.numpy(), full[indices])
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "start"), [("long.avi", 120, 37.0), ("short.avi", 12, 0.0)]
+)
+def test_clip_converts_only_the_frames_it_keeps(
+    clips_videos: Path, monkeypatch: pytest.MonkeyPatch, name: str, frames: int, start: float
+) -> None:
+    converted: list[int] = []
+    upright = _Reader.upright
+
+    def counting(self: _Reader, frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+        converted.append(frame.pts)
+        return upright(self, frame, size)
+
+    monkeypatch.setattr(_Reader, "upright", counting)
+    indices = spread(start, min(60, frames), 16, frames)
+    _on_the_fly(clips_videos, (32, 40)).read(ClipVideo(name, 0, frames, 30.0), indices)
+    # The window holds 60 (or 12) frames: only the distinct sampled ones are converted, once.
+    assert len(converted) == len(set(indices))
+    assert len(set(converted)) == len(converted)

@@ -37,7 +37,7 @@ from hmdbattn.data.cache import (
 from hmdbattn.data.clips import eval_windows, train_clip_indices
 from hmdbattn.data.decode import DecodeError, probe
 from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, per_class, scan_dataset
-from hmdbattn.data.video import decode_window, spaced_frames
+from hmdbattn.data.video import decode_window, spaced_positions
 from hmdbattn.errors import UserError
 
 Item = tuple[torch.Tensor, int, int]  # frames (T, H, W, 3) uint8, label, video index
@@ -103,13 +103,17 @@ class FrameReader:
         half = 0.5 / video.fps
         start, end = max(0.0, float(times.min()) - half), float(times.max()) + half
         path = self.videos_dir / video.path
+
+        def pick(window: np.ndarray, fps: float) -> np.ndarray:
+            # Only these frames are resized and converted to RGB (not the whole window).
+            return spaced_positions(float(window[0]), fps, len(window), times)
+
         try:
             # A retry (the window held no frame) reads on to the end of the file.
-            decoded = decode_window(path, self.resize, start, end, retry_end=None)
+            decoded = decode_window(path, self.resize, start, end, retry_end=None, pick=pick)
         except DecodeError as exc:
             raise RuntimeError(f"{path}: {exc}") from None
-        frames = decoded.frames[spaced_frames(decoded, times)]
-        return torch.from_numpy(frames)  # (T, H, W, 3) uint8
+        return torch.from_numpy(decoded.frames)  # (T, H, W, 3) uint8
 
 
 def seeded_generator(*words: int) -> torch.Generator:

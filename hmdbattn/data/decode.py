@@ -22,7 +22,9 @@ the matrix and angles other than quarter turns are ignored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -42,6 +44,13 @@ _TIME_EPS = 1e-4
 # HMDB51 headers often announce one frame more than decodes; only a larger gap is truncation.
 _HEADER_SLACK = 1
 _FALLBACK_FPS = 25.0  # FFmpeg's own default when a stream states no rate at all
+# Decoder threads for a whole file in a process decoding alone: more buys little on HMDB51's
+# small frames and starves the rest of the machine.
+_MAX_THREADS = 4
+
+# Which frames of a window to keep: given the window's frame times (seconds) and its frame
+# rate, the positions (indices into the window, repeats allowed) of the frames to return.
+Pick = Callable[[np.ndarray, float], np.ndarray]
 
 
 class DecodeError(Exception):
@@ -244,55 +253,107 @@ def decode_video(
     size: tuple[int, int] | None = None,
     start: float = 0.0,
     end: float | None = None,
+    pick: Pick | None = None,
+    threads: int | None = None,
 ) -> Decoded:
     """Decode the frames of `path` with timestamps in ``[start, end)`` seconds.
 
     `size` is the upright (height, width) to resize to while decoding (swscale, bilinear);
     frames are turned upright by their display rotation (see the module docstring). With
-    ``start > 0`` decoding begins at the keyframe before `start`; it stops at `end`. Raises
-    DecodeError when the file cannot be opened or not one frame in the window decodes; see the
-    module docstring for damaged files.
+    ``start > 0`` decoding begins at the keyframe before `start`; it stops at `end`. With
+    `pick`, only the frames it picks are converted (resized and made RGB) and returned, in its
+    order: `frames` and `times` hold those, `start` and `fps` stay the window's. `threads` is
+    the decoder's thread count (None: `decoder_threads`'s choice). Raises DecodeError when the file
+    cannot be opened or not one frame in the window decodes; see the module docstring for
+    damaged files.
     """
     path = Path(path)
     container, stream = _open(path)
     with container:
         stream.thread_type = "AUTO"
+        whole = start <= 0 and end is None
+        stream.codec_context.thread_count = threads or decoder_threads(whole)
         reader = _Reader(container, stream)
         try:
-            times, arrays = _collect(reader, size, start, end)
+            window, times, arrays = _frames(reader, stream, size, (start, end), pick)
         except av.error.FFmpegError as exc:  # e.g. swscale refusing a broken frame size
             raise DecodeError(f"corrupt: {_reason(exc)}") from None
-        if not arrays:
+        if not window:
             raise DecodeError(_no_frames_reason(reader, start, end))
-        fps = _fps(stream, times)
-        warning = _warning(reader, stream, len(arrays), whole=start <= 0 and end is None)
+        fps = _fps(stream, window)
+        warning = _warning(reader, stream, len(window), whole)
         rotation = reader.rotation or 0
-        return Decoded(np.stack(arrays), fps, times[0], warning, rotation, np.asarray(times))
+        return Decoded(np.stack(arrays), fps, window[0], warning, rotation, np.asarray(times))
 
 
-def _collect(
+def _frames(
     reader: _Reader,
+    stream: VideoStream,
     size: tuple[int, int] | None,
-    start: float,
-    end: float | None,
-    seek: bool = True,
-) -> tuple[list[float], list[np.ndarray]]:
-    """Timestamps and upright RGB arrays of the frames in the window."""
+    span: tuple[float, float | None],
+    pick: Pick | None,
+) -> tuple[list[float], list[float], list[np.ndarray]]:
+    """The window's frame times, then the times and upright RGB arrays of the frames returned.
+
+    Without `pick` every frame is converted as it decodes (and its decoder frame dropped at
+    once, so a whole video never holds them all); with it the decoder frames are kept until
+    `pick` says which few to convert.
+    """
+    if pick is None:
+        times: list[float] = []
+        arrays: list[np.ndarray] = []
+        for seconds, frame in _window(reader, *span):
+            times.append(seconds)
+            arrays.append(reader.upright(frame, size))
+        return times, times, arrays
+    window = list(_window(reader, *span))
+    times = [seconds for seconds, _ in window]
+    if not window:
+        return [], [], []
+    positions = pick(np.asarray(times), _fps(stream, times)).tolist()
+    # Turn every frame as the window's first frame is turned, as a full decode does.
+    reader.rotation = 90 * _quarter_turns(window[0][1].rotation)
+    converted: dict[int, np.ndarray] = {}
+    for position in positions:
+        if position not in converted:  # a repeated frame is converted once
+            converted[position] = reader.upright(window[position][1], size)
+    return times, [times[p] for p in positions], [converted[p] for p in positions]
+
+
+def decoder_threads(whole: bool = True) -> int:
+    """Decoder threads for one decode: 1 in a worker process or for a window, else up to 4.
+
+    Loader and preprocess workers decode side by side, one video each, so one thread each
+    keeps the machine busy without oversubscribing it (FFmpeg's default, a thread per core in
+    every worker, starts cores x workers threads). A window is decoded with one thread too:
+    frame threads delay each frame by one per thread and refill after every seek (a 2 s window
+    of a 320x240 video took 9.2 CPU ms with 2 threads, 6.1 ms with 1). A process decoding a
+    whole file alone (predict, preprocess without workers) may use a few of its cores.
+    """
+    if not whole or multiprocessing.parent_process() is not None:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(_MAX_THREADS, cores or 1))
+
+
+def _window(
+    reader: _Reader, start: float, end: float | None, seek: bool = True
+) -> Iterator[tuple[float, VideoFrame]]:
+    """(seconds, frame) of the frames in the window, still undecoded to RGB."""
     seeked = seek and start > 0 and reader.seek(start)
-    times: list[float] = []
-    arrays: list[np.ndarray] = []
+    found = False
     for seconds, frame in reader.frames():
-        if seeked and not times and seconds > start + _TIME_EPS and reader.seek(0.0):
+        if seeked and not found and seconds > start + _TIME_EPS and reader.seek(0.0):
             # The seek landed after `start` (an inexact index): decode from the beginning.
-            return _collect(reader, size, start, end, seek=False)
+            yield from _window(reader, start, end, seek=False)
+            return
         seeked = False
         if end is not None and seconds >= end - _TIME_EPS:
-            break
+            return
         if seconds < start - _TIME_EPS:
             continue
-        times.append(seconds)
-        arrays.append(reader.upright(frame, size))
-    return times, arrays
+        found = True
+        yield seconds, frame
 
 
 def _fps(stream: VideoStream, times: list[float]) -> float:

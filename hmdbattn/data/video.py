@@ -31,7 +31,7 @@ import numpy as np
 
 from hmdbattn.config import DataConfig
 from hmdbattn.data.clips import Span
-from hmdbattn.data.decode import Decoded, DecodeError, decode_video, probe
+from hmdbattn.data.decode import Decoded, DecodeError, Pick, decode_video, probe
 
 # Decoded frames held at once: 512 MiB is about 2 minutes at 128x171 and 30 fps.
 MEMORY_BUDGET = 512 * 2**20
@@ -50,19 +50,25 @@ def target_size(height: int, width: int, resize: tuple[int, int]) -> tuple[int, 
 
 
 def decode_window(
-    path: Path, size: tuple[int, int], start: float, end: float, retry_end: float | None
+    path: Path,
+    size: tuple[int, int],
+    start: float,
+    end: float,
+    retry_end: float | None,
+    pick: Pick | None = None,
 ) -> Decoded:
     """The frames of `path` in ``[start, end)`` seconds, else those from one second earlier.
 
     Headers can announce a frame or two more than decodes, so a window at the very end of a
     video may hold no frame at all: the retry reads from ``start - 1`` up to `retry_end` (None:
     the end of the file) for the last frames there are, so that a clip starting before them
-    still gets an answer. Raises DecodeError when the retry finds no frame either.
+    still gets an answer. `pick` goes to `decode_video` (convert only the frames it picks).
+    Raises DecodeError when the retry finds no frame either.
     """
     try:
-        return decode_video(path, size, start, end)
+        return decode_video(path, size, start, end, pick)
     except DecodeError:
-        return decode_video(path, size, max(0.0, start - 1.0), retry_end)
+        return decode_video(path, size, max(0.0, start - 1.0), retry_end, pick)
 
 
 def spaced_frames(decoded: Decoded, seconds: np.ndarray) -> np.ndarray:
@@ -71,8 +77,13 @@ def spaced_frames(decoded: Decoded, seconds: np.ndarray) -> np.ndarray:
     Counted from the first decoded frame at ``decoded.fps`` (as training takes frames), and
     clamped to the frames there are.
     """
-    positions = np.rint((seconds - decoded.start) * decoded.fps).astype(np.int64)
-    return np.clip(positions, 0, len(decoded.frames) - 1)
+    return spaced_positions(decoded.start, decoded.fps, len(decoded.frames), seconds)
+
+
+def spaced_positions(first: float, fps: float, count: int, seconds: np.ndarray) -> np.ndarray:
+    """`spaced_frames` for `count` frames from `first` seconds at `fps` (a `Pick` builds on it)."""
+    positions = np.rint((seconds - first) * fps).astype(np.int64)
+    return np.clip(positions, 0, count - 1)
 
 
 def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
