@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from hmdbattn.errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -115,3 +117,16 @@ def os_error_text(exc: OSError) -> str:
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{reason}: make the folder writable or choose another one"
     return reason
+
+
+@contextlib.contextmanager
+def os_errors(path: Path, doing: str, hint: str = "") -> Iterator[None]:
+    """Turn an OSError (disk full, read-only, a folder in the way) into one UserError line.
+
+    The line names `path` and what could not be done (`doing`: "write", "read", ...), then
+    the system's reason and `hint` (what to do; by default, nothing more).
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot {doing} {path}: {exc.strerror or exc}{hint}") from None

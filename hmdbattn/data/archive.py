@@ -32,10 +32,10 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import IO, Any
 
-from hmdbattn.data.download import CHUNK, byte_progress, os_errors
+from hmdbattn.data.download import CHUNK, byte_progress
 from hmdbattn.data.hmdb51 import splits_dir, videos_dir
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import atomic_write_text
+from hmdbattn.fileio import atomic_write_text, os_errors
 
 STATE_DIR = ".extract"
 INSTALL_HINT = (

@@ -39,6 +39,7 @@ from rich.progress import (
 from hmdbattn import __version__
 from hmdbattn.config import DownloadConfig
 from hmdbattn.errors import UserError
+from hmdbattn.fileio import os_errors
 from hmdbattn.report import err_console
 
 VIDEOS_ARCHIVE = "hmdb51_org.rar"
@@ -85,19 +86,6 @@ class _StaleRange(_Transient):
 
 class _TooBig(_Skip):
     """The server states or sends more bytes than the file can have."""
-
-
-@contextmanager
-def os_errors(path: Path, doing: str, hint: str = "") -> Iterator[None]:
-    """Turn an OSError (disk full, read-only, a folder in the way) into one UserError line.
-
-    The line names `path` and what could not be done (`doing`: "write", "read", ...), then
-    the system's reason and `hint` (what to do; by default, nothing more).
-    """
-    try:
-        yield
-    except OSError as exc:
-        raise UserError(f"cannot {doing} {path}: {exc.strerror or exc}{hint}") from None
 
 
 def _reason(exc: BaseException) -> str:
