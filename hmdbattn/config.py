@@ -76,7 +76,41 @@ class DataConfig(Section):
 
     root: Path = Field(
         Path("data/synthetic"),
-        description="dataset root, holding videos/<class>/*.avi and splits/*.txt",
+        description="dataset root; what it holds depends on data.format (hmdb51 and ucf101: "
+        "videos/<class>/*.avi and splits/*.txt; folders: <class>/<video>; list: the listed "
+        "videos)",
+    )
+    format: Literal["hmdb51", "ucf101", "folders", "list"] = Field(
+        "hmdb51",
+        description="dataset layout: hmdb51 or ucf101 (the official split files), folders "
+        "(root/<class>/<video>, split once by data.test_fraction and data.split_seed) or list "
+        "(MMAction2-style '<path> <label>' files data.train_list and data.test_list)",
+    )
+    test_fraction: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description='format "folders": share of each class\'s videos put in the test set when '
+        "the split file (<root>/hmdbattn_split.json) is first written",
+    )
+    split_seed: int = Field(
+        0, description='format "folders": seed of the first-use train/test split'
+    )
+    train_list: Path | None = Field(
+        None,
+        description='format "list": the training list file, lines "<path> <label>" (path '
+        "relative to data.root; label a 0-based index or a class name); a relative "
+        "train_list is taken under data.root",
+    )
+    test_list: Path | None = Field(
+        None,
+        description='format "list": the test list file, like data.train_list',
+    )
+    class_names: list[str] | Path | None = Field(
+        None,
+        description='format "list": class names in label-index order, as a list or a file '
+        "with one name a line (relative: under data.root); unset = the names the lists use, "
+        "sorted, or class_<i> for index labels",
     )
     cache_dir: Path | None = Field(
         None, description="folder of the preprocessed JPEG cache; unset = <root>/cache"
@@ -86,7 +120,13 @@ class DataConfig(Section):
         description="what training reads: cache (JPEG frames written by `hmdbattn preprocess`) "
         "or video (decode the videos on the fly)",
     )
-    split: int = Field(1, ge=1, le=3, description="HMDB51 split (1, 2 or 3)")
+    split: int = Field(
+        1,
+        ge=1,
+        le=3,
+        description="official split of hmdb51 and ucf101 (1, 2 or 3); folders and list have "
+        "split 1 only",
+    )
     resize: tuple[int, int] = Field(
         (128, 171), description="(height, width) in pixels that frames are resized to"
     )
@@ -130,14 +170,32 @@ class DataConfig(Section):
             raise ValueError(f"crop_size {self.crop_size} is larger than resize {self.resize}")
         return self
 
+    @model_validator(mode="after")
+    def _format_keys(self) -> DataConfig:
+        # Named in the message: the error is reported under "data", not under one key.
+        if self.format == "list":
+            unset = [k for k in ("train_list", "test_list") if getattr(self, k) is None]
+            if unset:
+                raise ValueError(
+                    f'format "list" needs data.{" and data.".join(unset)}: set '
+                    f"{' and '.join(f'data.{k} = FILE' for k in unset)}"
+                )
+        if self.format in ("folders", "list") and self.split != 1:
+            raise ValueError(
+                f'data.split = {self.split}: format "{self.format}" has one split; set '
+                "data.split = 1"
+            )
+        return self
+
     @property
     def cache_path(self) -> Path:
         return self.cache_dir if self.cache_dir is not None else self.root / "cache"
 
     @property
     def videos_dir(self) -> Path:
-        """``<root>/videos``: the folder the dataset's video paths are relative to."""
-        return hmdb51.videos_dir(self.root)
+        """The folder the dataset's video paths are relative to: ``<root>/videos`` for
+        hmdb51 and ucf101, the root itself for folders and list."""
+        return hmdb51.videos_dir(self.root) if self.format in ("hmdb51", "ucf101") else self.root
 
 
 class ModelConfig(Section):

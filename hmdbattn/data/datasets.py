@@ -36,7 +36,8 @@ from hmdbattn.data.cache import (
 )
 from hmdbattn.data.clips import eval_windows, train_clip_indices
 from hmdbattn.data.decode import DecodeError, probe
-from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, per_class, scan_dataset
+from hmdbattn.data.formats import index_dataset
+from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, per_class
 from hmdbattn.data.video import decode_window, spaced_positions
 from hmdbattn.errors import UserError
 
@@ -45,7 +46,7 @@ Item = tuple[torch.Tensor, int, int]  # frames (T, H, W, 3) uint8, label, video 
 # Cache readers kept per process: each holds its frame offsets (no open file), so this bounds
 # memory, not file handles; evaluation reads a video's windows in a row and hits it.
 _OPEN_READERS = 32
-MISSING_REASON = "missing: listed in the split files but not in videos/"
+MISSING_REASON = "missing: listed in the split (or list) files but not on disk"
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ def build_datasets(
     config: Config, subset_train: str = "train", subset_eval: str = "test"
 ) -> ClipData:
     """The training and evaluation datasets of ``data.split`` and the videos they leave out."""
-    index = scan_dataset(config.data.root)
+    index = index_dataset(config.data)
     manifest = open_cache(config.data) if config.data.source == "cache" else None
     train_videos, train_excluded = resolve_videos(config, index, subset_train, manifest)
     eval_videos, eval_excluded = resolve_videos(config, index, subset_eval, manifest)
@@ -341,7 +342,7 @@ def build_datasets(
 
 def build_eval_dataset(config: Config, subset: str = "test") -> EvalData:
     """The evaluation dataset of `subset` in ``data.split`` (for ``hmdbattn eval``)."""
-    index = scan_dataset(config.data.root)
+    index = index_dataset(config.data)
     videos, excluded = resolve_videos(config, index, subset)
     return EvalData(EvalClips(config, videos, index.classes), list(index.classes), excluded)
 

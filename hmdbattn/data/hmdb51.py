@@ -120,23 +120,54 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def path_problem(path: str) -> str | None:
+    """Why `path` (a ``/``-separated path from a split or list file) could leave the root.
+
+    The spirit of `name_problem`, for paths with folders: no absolute path, no drive, no
+    ``..``, no backslash (a Windows separator) and no control character.
+    """
+    if not path:
+        return "it is empty"
+    if path.startswith("/"):
+        return "it is an absolute path"
+    if "\\" in path:
+        return "it holds a backslash (write paths with /)"
+    if PureWindowsPath(path).drive:
+        return "it names a drive"
+    parts = path.split("/")
+    if any(part == ".." for part in parts):
+        return "it climbs out with .."
+    if any(part in ("", ".") for part in parts):
+        return "it has an empty or . component"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "it holds a control character"
+    return None
+
+
 @dataclass
 class Video:
     """One video of the dataset: where it is, its class and its id in each split."""
 
-    path: str  # relative to <root>/videos, e.g. "brush_hair/April_09_brush_hair_u_nm_goo_0.avi"
+    path: str  # relative to the index's videos_dir, e.g. "brush_hair/April_09_brush_..._0.avi"
     label: str
     split_ids: dict[int, int] = field(default_factory=dict)  # split -> 0 unused, 1 train, 2 test
 
 
 @dataclass
 class DatasetIndex:
-    """Classes (in a stable order) and videos, from the split files and the videos folder."""
+    """Classes (in a stable order) and videos, from the split files and the videos folder.
+
+    Every format (hmdb51, ucf101, folders, list) makes one of these; nothing downstream
+    knows which. `layout_dirs` are the folders the dataset's own files live in, which the
+    frame cache must stay out of.
+    """
 
     root: Path
     classes: list[str]
     videos: list[Video]
     missing: list[Video]  # listed in a split file but not on disk
+    videos_root: Path | None = None  # what Video.path is relative to; None = <root>/videos
+    layout_dirs: list[Path] | None = None  # None = <root>/videos and <root>/splits
 
     def subset(self, split: int, subset: str) -> list[Video]:
         """The videos with `subset`'s id (train, test or unused) in `split`."""
@@ -146,7 +177,14 @@ class DatasetIndex:
     @property
     def videos_dir(self) -> Path:
         """The folder the videos' paths are relative to."""
-        return videos_dir(self.root)
+        return self.videos_root if self.videos_root is not None else videos_dir(self.root)
+
+    @property
+    def protected_dirs(self) -> list[Path]:
+        """Folders of the dataset's own files (the cache may not be inside one)."""
+        if self.layout_dirs is not None:
+            return self.layout_dirs
+        return [videos_dir(self.root), splits_dir(self.root)]
 
 
 def per_class(videos: list[Video], count: int, seed: int) -> list[Video]:
@@ -186,8 +224,9 @@ def scan_dataset(root: Path) -> DatasetIndex:
     splits, videos = splits_dir(root), videos_dir(root)
     if not splits.is_dir() or not videos.is_dir():
         raise UserError(
-            f"{root}: no dataset here (expected videos/ and splits/); run `hmdbattn download` "
-            "or `hmdbattn synthesize`, or set data.root"
+            f'{root}: no HMDB51 dataset here (data.format "hmdb51" expects videos/ and '
+            "splits/); run `hmdbattn download` or `hmdbattn synthesize`, or set data.root "
+            "(or data.format)"
         )
     by_path: dict[str, Video] = {}
     for split_path in sorted(splits.glob("*_test_split*.txt")):

@@ -56,7 +56,8 @@ from hmdbattn.data.cache import (
     write_chunks,
 )
 from hmdbattn.data.decode import DecodeError, decode_video
-from hmdbattn.data.hmdb51 import DatasetIndex, Video, scan_dataset, splits_dir, videos_dir
+from hmdbattn.data.formats import index_dataset
+from hmdbattn.data.hmdb51 import DatasetIndex, Video, splits_dir, videos_dir
 from hmdbattn.errors import UserError
 from hmdbattn.report import progress
 
@@ -64,7 +65,7 @@ from hmdbattn.report import progress
 # the most work a kill can cost (HMDB51's manifest is ~2 MB, written in milliseconds).
 SAVE_EVERY_VIDEOS = 50
 SAVE_EVERY_SECONDS = 5.0
-MISSING_REASON = "listed in the split files but not in videos/"
+MISSING_REASON = "listed in the split (or list) files but not on disk"
 
 
 @dataclass
@@ -244,8 +245,8 @@ def preprocess(
     started = time.perf_counter()
     data = config.data
     cache_dir = data.cache_path
-    index = scan_dataset(data.root)
-    check_cache_location(data.root, cache_dir)
+    index = index_dataset(data)
+    check_cache_location(data.root, cache_dir, index.protected_dirs)
     workers = data.num_workers if workers is None else workers
     existing_manifest(cache_dir)  # a folder that is not a cache is refused before the lock file
     try:
@@ -288,10 +289,12 @@ def _unwritable(cache_dir: Path, exc: OSError) -> UserError:
     return UserError(f"cannot write the cache in {cache_dir} ({exc}); set data.cache_dir")
 
 
-def check_cache_location(root: Path, cache_dir: Path) -> None:
-    """Refuse a cache folder that is the dataset root or inside its videos/ or splits/."""
+def check_cache_location(root: Path, cache_dir: Path, protected: list[Path] | None = None) -> None:
+    """Refuse a cache folder that is the dataset root or inside the dataset's own folders
+    (`protected`: by default HMDB51's videos/ and splits/; a class folder of "folders")."""
     root, where = root.resolve(), cache_dir.resolve()
-    inside = [d for d in (videos_dir(root), splits_dir(root)) if where.is_relative_to(d)]
+    dirs = [videos_dir(root), splits_dir(root)] if protected is None else protected
+    inside = [d for d in dirs if where.is_relative_to(d.resolve())]
     if where == root or inside:
         what = "the dataset root" if where == root else f"inside the dataset's {inside[0]}"
         raise UserError(

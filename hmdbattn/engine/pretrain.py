@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, damaged
 from hmdbattn.config import Config
 from hmdbattn.data.datasets import Excluded, TrainClips, resolve_videos
-from hmdbattn.data.hmdb51 import scan_dataset
+from hmdbattn.data.formats import index_dataset
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import Runtime, checksum, gather
 from hmdbattn.engine.optim import Schedule, build_optimizer
@@ -79,7 +79,7 @@ class PretrainRun:
 
 def pretrain_clips(config: Config) -> tuple[TrainClips, list[Excluded]]:
     """Training clips of every video in ``pretrain.subsets`` (labels are carried, never used)."""
-    index = scan_dataset(config.data.root)
+    index = index_dataset(config.data)
     data = config.model_copy(update={"data": config.data.model_copy(update={"train_per_class": 0})})
     videos, excluded = [], []
     for subset in config.pretrain.subsets:

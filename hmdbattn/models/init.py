@@ -136,12 +136,12 @@ def plan_init(config: Config) -> str:
     The classes are the dataset's when its split files are there; otherwise the classifier is
     taken as new. A checkpoint that does not fit gives its error line instead.
     """
-    from hmdbattn.data.hmdb51 import scan_dataset
+    from hmdbattn.data.formats import index_dataset
     from hmdbattn.models.classifier import build_model
 
     assert config.model.init is not None
     try:
-        classes: list[str] | None = scan_dataset(config.data.root).classes
+        classes: list[str] | None = index_dataset(config.data).classes
     except UserError:
         classes = None
     mc = config.model.model_copy(update={"pretrained": False, "weights": None})
