@@ -12,7 +12,7 @@ import typer
 from hmdbattn.cli import app
 from hmdbattn.cli.common import ConfigOption, JsonOption, SetOption, resolve_config
 from hmdbattn.errors import UserError
-from hmdbattn.report import print_dataset_summary, print_json
+from hmdbattn.report import console, print_dataset_summary, print_json
 
 RootOption = typer.Option(
     None, "--root", help="Dataset root (default: data.root).", show_default=False
@@ -40,6 +40,13 @@ def synthetic_options(panel: str | None = None) -> dict[str, Any]:
         "fps": option(30, "--fps", "Frames per second.", min=1),
         "seed": option(0, "--seed", "Random seed: same seed, same files."),
         "workers": option(os.cpu_count() or 1, "--workers", "Rendering processes.", min=0),
+        "layout": option(
+            None,
+            "--format",
+            "Layout to write, as data.format reads it: hmdb51, ucf101, folders or list "
+            "(default: data.format).",
+            show_default=False,
+        ),
     }
 
 
@@ -76,9 +83,16 @@ def synthesize_into(
     fps: int,
     seed: int,
     workers: int,
+    layout: str = "hmdb51",
 ) -> dict[str, Any]:
-    """Check the options, write the dataset, and return its summary (root, classes, videos)."""
+    """Check the options, write the dataset, and return its summary (root, classes, videos).
+
+    For a layout other than hmdb51 the summary's ``settings`` are the config keys that read it.
+    """
     from hmdbattn.data import synthetic  # numpy and PyAV: only when needed
+
+    if layout not in synthetic.LAYOUTS:
+        raise UserError(f"--format {layout!r}: expected one of {', '.join(synthetic.LAYOUTS)}")
 
     settings: dict[str, Any] = {
         "classes": choose_classes(classes, class_names),
@@ -93,13 +107,35 @@ def synthesize_into(
     except ValueError as exc:
         raise UserError(f"synthetic dataset: {exc}") from None
     try:
-        made = synthetic.generate(root, **settings, workers=workers)
+        made = synthetic.generate(root, **settings, workers=workers, layout=layout)
     except OSError as exc:  # a full disk, a read-only folder: rerunning resumes once fixed
         raise UserError(f"cannot write the synthetic dataset in {root} ({exc})") from None
     return {
         "root": str(made.root),
         "synthetic": {"classes": made.classes, "videos": made.videos},
+        "format": layout,
+        "settings": reading_settings(made.root, layout),
     }
+
+
+def reading_settings(root: Path, layout: str) -> dict[str, str]:
+    """The config keys that read a synthetic dataset of `layout` at `root`."""
+    settings = {"data.root": str(root), "data.format": layout}
+    if layout == "list":
+        lists = {"train_list": "train.txt", "test_list": "test.txt", "class_names": "classes.txt"}
+        settings |= {f"data.{key}": name for key, name in lists.items()}
+    return settings
+
+
+def print_summary(summary: dict[str, Any], json_out: bool) -> None:
+    """The summary as JSON, or as the table and (another format) the keys that read it."""
+    if json_out:
+        print_json(summary)
+        return
+    print_dataset_summary(summary, None)
+    if summary.get("format", "hmdb51") != "hmdb51":
+        keys = " ".join(f"--set {k}={v}" for k, v in summary["settings"].items())
+        console.print(f"read it with: {keys}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -115,6 +151,7 @@ def synthesize(
     fps: int = _OPTIONS["fps"],
     seed: int = _OPTIONS["seed"],
     workers: int = _OPTIONS["workers"],
+    layout: str | None = _OPTIONS["layout"],
     json_out: bool = JsonOption,
 ) -> None:
     """Write a small synthetic HMDB51 under the dataset root: same layout, real AVIs, offline.
@@ -133,8 +170,6 @@ def synthesize(
         fps=fps,
         seed=seed,
         workers=workers,
+        layout=layout if layout is not None else cfg.data.format,
     )
-    if json_out:
-        print_json(summary)
-    else:
-        print_dataset_summary(summary, None)
+    print_summary(summary, json_out)

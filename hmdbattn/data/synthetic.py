@@ -81,6 +81,7 @@ DEFAULT_CLASSES = 8
 MIN_VIDEOS_PER_CLASS = 3  # 1 test + 2 train at the least
 SHAPES: tuple[str, ...] = ("square", "disc", "triangle", "ring", "diamond", "cross")
 MANIFEST = "synthetic.json"
+LAYOUTS = ("hmdb51", "ucf101", "folders", "list")  # the data.format each layout is read as
 # The standard normal's quantiles at the centres of 256 equal bins: byte -> Gaussian noise.
 _GAUSS = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)], dtype=np.float32)
 FORMAT_VERSION = 2  # bump whenever a clip's pixels or name change for the same settings
@@ -149,8 +150,13 @@ def generate(
     fps: int = 30,
     seed: int = 0,
     workers: int = 0,
+    layout: str = "hmdb51",
 ) -> SyntheticSummary:
     """Write a synthetic HMDB51 under `root` (``videos/<class>/*.avi``, ``splits/*.txt``).
+
+    `layout` (one of LAYOUTS) writes the same clips as another ``data.format`` reads them:
+    ucf101 (UCF101's file names, classInd.txt and split lists), folders (``<class>/<video>``)
+    or list (``videos/<class>/*.avi`` with ``train.txt``, ``test.txt`` and ``classes.txt``).
 
     `classes` is a number N (the first N of `CLASSES`) or a list of class names, e.g. a set
     disjoint from another dataset's. `size` is (width, height). Clip lengths vary by +-25%
@@ -160,14 +166,20 @@ def generate(
     since a clip depends on nothing else.
     """
     check_settings(classes, videos_per_class, seconds, size, fps, seed)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     labels = list(CLASSES[:classes]) if isinstance(classes, int) else list(classes)
     settings: dict[str, object] = {"seconds": seconds, "size": list(size), "fps": fps, "seed": seed}
+    if layout != "hmdb51":  # recorded, so a rerun into this root cannot switch layouts
+        settings["layout"] = layout
     if not isinstance(classes, int):
         # Chosen by name: a rerun must choose the same ones (a first-N set may grow instead).
         settings["class_names"] = class_order(labels)
     _claim_root(root, settings)
-    names = {lab: [video_name(lab, seed, i) for i in range(videos_per_class)] for lab in labels}
-    videos = videos_dir(root)
+    names = {
+        lab: [_file_name(layout, lab, seed, i) for i in range(videos_per_class)] for lab in labels
+    }
+    videos = root if layout == "folders" else videos_dir(root)
     todo = [
         _Job(videos / label / name, label, seed, index, seconds, size, fps)
         for label in labels
@@ -179,8 +191,7 @@ def generate(
         for _ in _run_jobs(todo, workers):
             advance()
     # Split files last: an interrupted run never leaves one naming a video not yet written.
-    for label in labels:
-        _write_splits(splits_dir(root), label, names[label], seed)
+    _write_layout(root, layout, names, seed)
     return SyntheticSummary(root, class_order(labels), total, len(todo))
 
 
@@ -355,6 +366,67 @@ def _write_splits(folder: Path, label: str, names: list[str], seed: int) -> None
         # The real files end each line with a space too; whitespace parsing copes with it.
         text = "".join(f"{names[i]} {ids[i]} \n" for i in order)
         atomic_write_text(folder / split_file_name(label, split), text)
+
+
+def _file_name(layout: str, label: str, seed: int, index: int) -> str:
+    """HMDB51-style names, or UCF101's ``v_<Class>_g<group>_c<clip>.avi`` (a group a video)."""
+    if layout == "ucf101":
+        return f"v_{label}_g{index + 1:02d}_c01.avi"
+    return video_name(label, seed, index)
+
+
+def _write_layout(root: Path, layout: str, names: dict[str, list[str]], seed: int) -> None:
+    """The split (or list) files of `layout`; "folders" has none (its split is made on use)."""
+    if layout == "hmdb51":
+        for label, files in names.items():
+            _write_splits(splits_dir(root), label, files, seed)
+    elif layout == "ucf101":
+        _write_ucf101_lists(splits_dir(root), names)
+    elif layout == "list":
+        _write_list_files(root, names, seed)
+
+
+def _write_ucf101_lists(folder: Path, names: dict[str, list[str]]) -> None:
+    """classInd.txt (1-based) and the train/test lists of splits 1-3, in UCF101's formats.
+
+    Video i of a class is a test video of split k when i % 3 == k - 1: every split has a
+    third of each class as test videos, and every class at least one (3 videos or more).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = class_order(list(names))
+    lines = "".join(f"{i + 1} {label}\r\n" for i, label in enumerate(classes))
+    atomic_write_text(folder / "classInd.txt", lines)  # the real files end lines with CRLF
+    for split in SPLITS:
+        train, test = [], []
+        for number, label in enumerate(classes, start=1):
+            for i, name in enumerate(sorted(names[label])):
+                if i % 3 == split - 1:
+                    test.append(f"{label}/{name}\r\n")
+                else:
+                    train.append(f"{label}/{name} {number}\r\n")
+        atomic_write_text(folder / f"trainlist0{split}.txt", "".join(train))
+        atomic_write_text(folder / f"testlist0{split}.txt", "".join(test))
+
+
+def _write_list_files(root: Path, names: dict[str, list[str]], seed: int) -> None:
+    """``train.txt`` (0-based index labels), ``test.txt`` (name labels) and ``classes.txt``.
+
+    HMDB51's split 1 decides which videos go where (its unused videos are in neither list);
+    the two label styles are both MMAction2's, so one dataset exercises both.
+    """
+    classes = class_order(list(names))
+    train, test = [], []
+    for number, label in enumerate(classes):
+        files = names[label]
+        ids = split_ids(len(files), _rng(seed, label, _SPLIT, 1))
+        for name, sid in sorted(zip(files, ids, strict=True)):
+            if sid == 1:
+                train.append(f"videos/{label}/{name} {number}\n")
+            elif sid == 2:
+                test.append(f"videos/{label}/{name} {label}\n")
+    atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in classes))
+    atomic_write_text(root / "train.txt", "".join(train))
+    atomic_write_text(root / "test.txt", "".join(test))
 
 
 def write_avi(path: Path, frames: np.ndarray, fps: int) -> None:

@@ -83,6 +83,8 @@ def pretrain_clips(config: Config) -> tuple[TrainClips, list[Excluded]]:
     data = config.model_copy(update={"data": config.data.model_copy(update={"train_per_class": 0})})
     videos, excluded = [], []
     for subset in config.pretrain.subsets:
+        if subset == "unused" and not index.subset(config.data.split, subset):
+            continue  # ucf101, folders and list have no unused videos: nothing to add
         usable, left_out = resolve_videos(data, index, subset)
         videos += usable
         excluded += left_out
