@@ -379,7 +379,7 @@ class EvalConfig(Section):
 
 
 class DownloadConfig(Section):
-    """Where HMDB51 comes from (lists are mirrors, tried in order)."""
+    """Where HMDB51 and UCF101 come from (lists are mirrors, tried in order)."""
 
     videos_urls: list[str] = Field(
         ["https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hmdb51_org.rar"],
@@ -398,6 +398,26 @@ class DownloadConfig(Section):
         "15e67781e70dcfbdce2d7dbb9b3344b5",
         pattern=r"^[0-9a-f]{32}$",
         description="MD5 the splits archive must have (32 hex digits)",
+    )
+    ucf101_videos_urls: list[str] = Field(
+        ["https://www.crcv.ucf.edu/data/UCF101/UCF101.rar"],
+        description="mirrors of UCF101.rar (`download --dataset ucf101`), tried in order",
+    )
+    ucf101_splits_urls: list[str] = Field(
+        ["https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip"],
+        description="mirrors of UCF101TrainTestSplits-RecognitionTask.zip, tried in order",
+    )
+    ucf101_videos_md5: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="MD5 UCF101.rar must have; unset = none is published: the first complete "
+        "download's MD5 is recorded beside it (archives/UCF101.rar.md5) and checked from then on",
+    )
+    ucf101_splits_md5: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="MD5 the UCF101 splits zip must have; unset = recorded on first download, "
+        "like ucf101_videos_md5",
     )
     retries: int = Field(5, ge=0, description="retries per mirror, with exponential back-off")
     timeout: float = Field(30.0, gt=0, description="seconds without data before a retry")

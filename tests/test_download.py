@@ -392,6 +392,7 @@ def test_cli_synthetic_passes_options(tmp_path: Path, monkeypatch: pytest.Monkey
                 "fps": 30,
                 "seed": 0,
                 "workers": 3,
+                "layout": "hmdb51",
             },
         )
     ]

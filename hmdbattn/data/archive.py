@@ -1,4 +1,4 @@
-"""Safe, resumable extraction of the HMDB51 RAR archives through libarchive.
+"""Safe, resumable extraction of the HMDB51 and UCF101 archives (RAR, zip) through libarchive.
 
 Safety: members with absolute paths, ``..`` components, links or special types are refused
 with a UserError before anything of theirs is written, so nothing lands outside the
@@ -15,6 +15,8 @@ Layout produced::
 
     hmdb51_org.rar         (51 x <class>.rar, each <class>/*.avi)  ->  <root>/videos/<class>/*.avi
     test_train_splits.rar  (testTrainMulti_7030_splits/*.txt)      ->  <root>/splits/*.txt
+    UCF101.rar             (UCF-101/<Class>/*.avi)                 ->  <root>/videos/<Class>/*.avi
+    UCF101TrainTestSplits-RecognitionTask.zip (ucfTrainTestlist/*.txt) -> <root>/splits/*.txt
 """
 
 from __future__ import annotations
@@ -259,6 +261,7 @@ def extract_archive(
     force: bool = False,
     claims: Claims | None = None,
     label: str | None = None,
+    strip_top: bool = False,
 ) -> ExtractResult:
     """Extract every regular file of `archive` under `dest`, safely and idempotently.
 
@@ -266,7 +269,8 @@ def extract_archive(
     The completion marker lives in `state_dir` (default ``<dest's parent>/.extract/<dest>``);
     `force` ignores it (files whose content matches are still kept). `claims` carries the
     files other archives put in `dest` this run, so that no archive replaces another's file;
-    `label` names the archive in such a refusal (default: its path).
+    `label` names the archive in such a refusal (default: its path). `strip_top` drops the
+    first folder of every member path (``UCF-101/<Class>/x.avi`` -> ``<Class>/x.avi``).
     """
     state_dir = state_dir or dest.parent / STATE_DIR / dest.name
     marker, size = _marker(state_dir, archive.name), _archive_size(archive)
@@ -279,7 +283,7 @@ def extract_archive(
     with _entries(archive) as entries:
         for entry in entries:
             origin = f"member {entry.pathname!r} of {label or archive}"
-            _extract_entry(archive, entry, dest, flatten, result, claims, origin)
+            _extract_entry(archive, entry, dest, flatten, result, claims, origin, strip_top)
     _write_marker(marker, archive, size, result.files)
     return result
 
@@ -292,10 +296,15 @@ def _extract_entry(
     result: ExtractResult,
     claims: Claims,
     origin: str,
+    strip_top: bool = False,
 ) -> None:
     """Check one entry and put it under `dest` (directories are created, files saved)."""
     _check_type(archive, entry)
     rel = _entry_path(archive, entry)
+    if strip_top and len(rel.parts) > 1:
+        rel = PurePosixPath(*rel.parts[1:])
+    elif strip_top and entry.isdir:
+        return  # the top folder itself (UCF-101/): its content goes straight into dest
     if entry.isdir:
         if not flatten:
             _make_dirs(dest / rel)
@@ -377,3 +386,14 @@ def extract_splits(archive: Path, root: Path, *, force: bool = False) -> Extract
     """Extract ``test_train_splits.rar`` into ``<root>/splits/*.txt`` (its folder flattened)."""
     state = root / STATE_DIR / "splits"
     return extract_archive(archive, splits_dir(root), flatten=True, state_dir=state, force=force)
+
+
+def extract_ucf101_videos(archive: Path, root: Path, *, force: bool = False) -> ExtractResult:
+    """Extract ``UCF101.rar`` (``UCF-101/<Class>/*.avi``) into ``<root>/videos/<Class>/*.avi``."""
+    state = root / STATE_DIR / "videos"
+    return extract_archive(archive, videos_dir(root), state_dir=state, force=force, strip_top=True)
+
+
+def extract_ucf101_splits(archive: Path, root: Path, *, force: bool = False) -> ExtractResult:
+    """Extract the UCF101 splits zip (``ucfTrainTestlist/*.txt``) into ``<root>/splits/*.txt``."""
+    return extract_splits(archive, root, force=force)

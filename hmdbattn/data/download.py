@@ -1,4 +1,4 @@
-"""Fetch the HMDB51 archives (mirrors, resume, MD5) and torchvision's Kinetics-400 weights.
+"""Fetch the HMDB51 or UCF101 archives (mirrors, resume, MD5) and the Kinetics-400 weights.
 
 A download goes to ``<name>.part`` next to its final name and is renamed only once its MD5
 matches, so a file under its final name is always complete. An interrupted download resumes
@@ -7,6 +7,11 @@ with an HTTP Range request, on the same mirror or the next one: the bytes alread
 whole file again; its bytes are compared with the ``.part``'s, not written over them, so a
 connection lost early costs nothing already there. No more bytes are accepted than the file
 can have (the size the server states, or the size recorded for a known archive).
+
+No MD5 of UCF101's archives is published that we know of: unless ``download.ucf101_*_md5`` is
+set, the MD5 of the first complete download is recorded in ``<archive>.md5`` beside it, and
+every later run checks the archive against that record (a complete download is one whose
+transfer ended with every byte the server stated).
 """
 
 from __future__ import annotations
@@ -39,11 +44,16 @@ from rich.progress import (
 from hmdbattn import __version__
 from hmdbattn.config import DownloadConfig
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import os_errors
+from hmdbattn.fileio import atomic_write_text, os_errors
 from hmdbattn.report import err_console
 
 VIDEOS_ARCHIVE = "hmdb51_org.rar"
 SPLITS_ARCHIVE = "test_train_splits.rar"
+UCF101_VIDEOS_ARCHIVE = "UCF101.rar"
+UCF101_SPLITS_ARCHIVE = "UCF101TrainTestSplits-RecognitionTask.zip"
+# Ceilings for archives without a known MD5 (UCF101.rar is about 6.5 GB, its splits ~100 KB).
+UCF101_SIZE_LIMITS = {UCF101_VIDEOS_ARCHIVE: 8_000_000_000, UCF101_SPLITS_ARCHIVE: 10_000_000}
+RECORD_SUFFIX = ".md5"
 CHUNK = 1 << 20
 # 408 and 429 say "try again later"; other 4xx mean this mirror will not serve the file.
 RETRY_STATUS = {408, 429}
@@ -364,7 +374,7 @@ def _make_folder(folder: Path) -> None:
 def download_file(
     urls: Sequence[str],
     dest: Path,
-    md5: str,
+    md5: str | None,
     *,
     retries: int = 5,
     timeout: float = 30.0,
@@ -378,14 +388,15 @@ def download_file(
     decides). A file already at `dest` with the right MD5 is kept; with the wrong MD5 it is an
     error (it is never overwritten). No more than `max_size` bytes (default: the size recorded
     for a known MD5, else what the server states) are accepted. When every mirror fails, the
-    UserError names the URLs tried and ends with `hint`.
+    UserError names the URLs tried and ends with `hint`. With `md5` None (none known) the
+    first complete download is taken as it is; the caller records its MD5.
     """
     if dest.exists():
-        return _present(dest, md5)
+        return _present(dest, md5) if md5 is not None else _unchecked(dest, str(dest), "present")
     _make_folder(dest.parent)
     part = dest.with_name(dest.name + ".part")
     _not_a_folder(part)
-    limit = max_size if max_size is not None else SIZE_LIMITS.get(md5)
+    limit = max_size if max_size is not None else SIZE_LIMITS.get(md5 or "")
     failures: list[str] = []
     mismatch = False
     with byte_progress() as bar:
@@ -400,8 +411,8 @@ def download_file(
                 failures.append(f"{url} ({exc})")
                 _drop_if_empty(part)
                 continue
-            if found == md5:
-                return _finish_download(part, dest, md5, url)
+            if md5 is None or found == md5:
+                return _finish_download(part, dest, found, url)
             mismatch = True
             failures.append(f"{url} (got MD5 {found})")
     tried = "; ".join(failures) if failures else "no URLs configured"
@@ -412,7 +423,7 @@ def download_file(
     raise UserError(f"could not download {dest.name}: tried {tried}. {hint}".rstrip())
 
 
-def _from_mirror(fetch: Callable[..., None], part: Path, md5: str) -> str:
+def _from_mirror(fetch: Callable[..., None], part: Path, md5: str | None) -> str:
     """Complete `part` with `fetch` (`_fetch_mirror` for one mirror); the result's MD5.
 
     A ``.part`` this mirror resumed may hold another mirror's (or run's) bytes: when the
@@ -422,7 +433,7 @@ def _from_mirror(fetch: Callable[..., None], part: Path, md5: str) -> str:
     resumed = part.is_file() and part.stat().st_size > 0
     fetch(resume=True)
     found = md5sum(part)
-    if found != md5 and resumed:
+    if md5 is not None and found != md5 and resumed:
         fetch(resume=False)
         found = md5sum(part)
     return found
@@ -484,17 +495,19 @@ def _present_copy(src: Path, dest: Path, md5: str) -> FetchResult | None:
     return FetchResult(dest.name, dest, md5, str(src), "present")
 
 
-def copy_from_dir(src_dir: Path, name: str, md5: str, dest_dir: Path) -> FetchResult:
+def copy_from_dir(src_dir: Path, name: str, md5: str | None, dest_dir: Path) -> FetchResult:
     """Take archive `name` from the user's folder `src_dir` (MD5 checked) into `dest_dir`.
 
     An archive already in `dest_dir` is kept when its MD5 is right and refused (left as it
-    is) when it is wrong.
+    is) when it is wrong. With `md5` None (none known) the copy is taken as it is.
     """
     src, dest = src_dir / name, dest_dir / name
     if not src_dir.is_dir():
         raise UserError(f"--from {src_dir}: not a folder")
     if not src.is_file():
         raise UserError(f"--from {src_dir}: {name} not found there")
+    if md5 is None:
+        md5 = md5sum(src)  # nothing to check against: the caller records this one
     present = _present_copy(src, dest, md5)
     if present is not None:
         return present
@@ -506,42 +519,116 @@ def copy_from_dir(src_dir: Path, name: str, md5: str, dest_dir: Path) -> FetchRe
     return FetchResult(name, dest, md5, str(src), action)
 
 
+def _wanted(cfg: DownloadConfig, dataset: str) -> list[tuple[str, list[str], str | None, str]]:
+    """(archive name, mirrors, MD5 or None, the mirrors' config key) of `dataset`, splits first."""
+    if dataset == "ucf101":
+        splits = (cfg.ucf101_splits_urls, cfg.ucf101_splits_md5, "download.ucf101_splits_urls")
+        videos = (cfg.ucf101_videos_urls, cfg.ucf101_videos_md5, "download.ucf101_videos_urls")
+        return [(UCF101_SPLITS_ARCHIVE, *splits), (UCF101_VIDEOS_ARCHIVE, *videos)]
+    return [
+        (SPLITS_ARCHIVE, cfg.splits_urls, cfg.splits_md5, "download.splits_urls"),
+        (VIDEOS_ARCHIVE, cfg.videos_urls, cfg.videos_md5, "download.videos_urls"),
+    ]
+
+
+def record_path(archive: Path) -> Path:
+    """``<archive>.md5``: the MD5 recorded at the first complete download (md5sum's format)."""
+    return archive.with_name(archive.name + RECORD_SUFFIX)
+
+
+def recorded_md5(archive: Path) -> str | None:
+    """The MD5 recorded for `archive`, or None when there is no record yet."""
+    record = record_path(archive)
+    if not record.exists():
+        return None
+    with os_errors(record, "read"):
+        text = record.read_text(encoding="utf-8", errors="replace")
+    found = text.split()[0] if text.split() else ""
+    if not re.fullmatch(r"[0-9a-f]{32}", found):
+        raise UserError(
+            f"{record}: not an MD5 record; delete it (and {archive.name}) to start over"
+        )
+    return found
+
+
+def _record(result: FetchResult) -> FetchResult:
+    """Write the MD5 of an archive that had none to check against, and say so once."""
+    record = record_path(result.path)
+    with os_errors(record, "write"):
+        atomic_write_text(record, f"{result.md5}  {result.name}\n")
+    err_console.print(
+        f"{result.name}: no published MD5 is known; recorded {result.md5} of this complete "
+        f"download in {record}, and later runs check the archive against it",
+        highlight=False,
+        markup=False,
+    )
+    return result
+
+
+def _unchecked(dest: Path, source: str, action: Action) -> FetchResult:
+    """An archive taken without an MD5 to check (its MD5 is computed, to be recorded)."""
+    _not_a_folder(dest)
+    return FetchResult(dest.name, dest, md5sum(dest), source, action)
+
+
 def fetch_archives(
     cfg: DownloadConfig,
     archives_dir: Path,
     *,
     from_dir: Path | None = None,
     backoff: float = 1.0,
+    dataset: str = "hmdb51",
 ) -> list[FetchResult]:
-    """Put ``hmdb51_org.rar`` and ``test_train_splits.rar`` in `archives_dir`, MD5-checked.
+    """Put `dataset`'s two archives (splits, videos) in `archives_dir`, MD5-checked.
 
-    From `from_dir` when given (hard-linked or copied), else from the configured mirrors.
+    From `from_dir` when given (hard-linked or copied), else from the configured mirrors. An
+    archive without a configured MD5 is checked against its record (``<archive>.md5``), or,
+    with no record yet, taken as it comes and recorded.
     """
-    wanted = [
-        (SPLITS_ARCHIVE, cfg.splits_urls, cfg.splits_md5, "download.splits_urls"),
-        (VIDEOS_ARCHIVE, cfg.videos_urls, cfg.videos_md5, "download.videos_urls"),
-    ]
     results = []
-    for name, urls, md5, key in wanted:
-        if from_dir is not None:
-            results.append(copy_from_dir(from_dir, name, md5, archives_dir))
-            continue
-        hint = (
-            f"If you have {name}, pass --from DIR (the folder holding it), "
-            f"or set {key} to a mirror (--set '{key}=[\"https://...\"]')."
-        )
-        results.append(
-            download_file(
-                urls,
-                archives_dir / name,
-                md5,
-                retries=cfg.retries,
-                timeout=cfg.timeout,
-                backoff=backoff,
-                hint=hint,
-            )
-        )
+    for name, urls, md5, key in _wanted(cfg, dataset):
+        known = md5 or recorded_md5(archives_dir / name)
+        try:
+            result = _fetch_one(cfg, archives_dir, name, urls, known, key, from_dir, backoff)
+        except UserError as exc:
+            if md5 is None and known is not None and "checksum mismatch" in str(exc):
+                record = record_path(archives_dir / name)
+                raise UserError(
+                    f"{exc} (the expected MD5 is the one {record} recorded at the first "
+                    "download: if that download was bad, delete the record too)"
+                ) from None
+            raise
+        results.append(result if known is not None else _record(result))
     return results
+
+
+def _fetch_one(
+    cfg: DownloadConfig,
+    archives_dir: Path,
+    name: str,
+    urls: list[str],
+    known: str | None,
+    key: str,
+    from_dir: Path | None,
+    backoff: float,
+) -> FetchResult:
+    """One archive, from `from_dir` or the mirrors, checked against `known` when given."""
+    if from_dir is not None:
+        return copy_from_dir(from_dir, name, known, archives_dir)
+    hint = (
+        f"If you have {name}, pass --from DIR (the folder holding it), "
+        f"or set {key} to a mirror (--set '{key}=[\"https://...\"]')."
+    )
+    return download_file(
+        urls,
+        archives_dir / name,
+        known,
+        retries=cfg.retries,
+        timeout=cfg.timeout,
+        backoff=backoff,
+        hint=hint,
+        max_size=UCF101_SIZE_LIMITS.get(name),
+    )
 
 
 # --------------------------------------------------------------------------- weights

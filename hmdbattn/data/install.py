@@ -1,4 +1,4 @@
-"""Put HMDB51 on disk: fetch the archives, extract them, verify the result.
+"""Put HMDB51 or UCF101 on disk: fetch the archives, extract them, verify the result.
 
 An extraction that finished earlier is skipped (its marker says so), so a file lost since then
 would go unnoticed: when verification fails after a skipped extraction, extraction runs once
@@ -12,9 +12,29 @@ from pathlib import Path
 from typing import Any
 
 from hmdbattn.config import DownloadConfig
-from hmdbattn.data.archive import ExtractResult, extract_splits, extract_videos
-from hmdbattn.data.download import SPLITS_ARCHIVE, VIDEOS_ARCHIVE, FetchResult, fetch_archives
-from hmdbattn.data.verify import HMDB51_EXPECTED, Expected, VerifyResult, verify_dataset
+from hmdbattn.data.archive import (
+    ExtractResult,
+    extract_splits,
+    extract_ucf101_splits,
+    extract_ucf101_videos,
+    extract_videos,
+)
+from hmdbattn.data.download import (
+    SPLITS_ARCHIVE,
+    UCF101_SPLITS_ARCHIVE,
+    UCF101_VIDEOS_ARCHIVE,
+    VIDEOS_ARCHIVE,
+    FetchResult,
+    fetch_archives,
+)
+from hmdbattn.data.ucf101 import UCF101_EXPECTED, Counts
+from hmdbattn.data.verify import (
+    HMDB51_EXPECTED,
+    Expected,
+    VerifyResult,
+    verify_dataset,
+    verify_ucf101,
+)
 
 
 @dataclass
@@ -71,4 +91,33 @@ def install_hmdb51(
         # Extracted earlier, but files went missing since: extract again (complete files stay).
         extracted = extract(force=True)
         result = verify_dataset(root, expected)
+    return Installed(root, fetched, extracted, result)
+
+
+def install_ucf101(
+    cfg: DownloadConfig,
+    root: Path,
+    *,
+    from_dir: Path | None = None,
+    expected: Counts = UCF101_EXPECTED,
+) -> Installed:
+    """Fetch (or take from `from_dir`), extract and verify UCF101 under `root`, like HMDB51.
+
+    Archives go to ``<root>/archives``; without a configured MD5 each is checked against the
+    MD5 recorded at its first complete download (see hmdbattn.data.download).
+    """
+    fetched = fetch_archives(cfg, root / "archives", from_dir=from_dir, dataset="ucf101")
+    archives = {f.name: f.path for f in fetched}
+
+    def extract(force: bool) -> list[ExtractResult]:
+        return [
+            extract_ucf101_splits(archives[UCF101_SPLITS_ARCHIVE], root, force=force),
+            extract_ucf101_videos(archives[UCF101_VIDEOS_ARCHIVE], root, force=force),
+        ]
+
+    extracted = extract(force=False)
+    result = verify_ucf101(root, expected)
+    if not result.ok and any(e.skipped for e in extracted):
+        extracted = extract(force=True)  # files lost since the first extraction
+        result = verify_ucf101(root, expected)
     return Installed(root, fetched, extracted, result)

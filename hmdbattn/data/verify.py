@@ -1,4 +1,4 @@
-"""Check an extracted dataset against HMDB51's known counts (reference.md section 3).
+"""Check an extracted dataset against HMDB51's (reference.md section 3) or UCF101's known counts.
 
 The expected numbers are a parameter so that small fixtures can be checked the same way.
 """
@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hmdbattn.data import ucf101
 from hmdbattn.data.hmdb51 import (
     SPLIT_FILE,
     SPLITS,
@@ -117,6 +118,46 @@ def verify_dataset(root: Path, expected: Expected = HMDB51_EXPECTED) -> VerifyRe
         for subset in ("train", "test", "unused"):
             found = counts[split, SUBSET_IDS[subset]]
             checks.append(Check(f"split {split} {subset}", getattr(expected, subset), found))
+    missing = sorted(rel for rel in listed if not (videos / rel).is_file())
+    checks.append(Check("split entries on disk", len(listed), len(listed) - len(missing)))
+    return VerifyResult(root, checks, missing)
+
+
+def _ucf101_lists(splits: Path, classes: list[str]) -> tuple[dict[tuple[int, str], int], set[str]]:
+    """Per (split, "train"/"test") entry counts, and every listed ``<Class>/<video>``."""
+    counts: dict[tuple[int, str], int] = {}
+    listed: set[str] = set()
+    for split in SPLITS:
+        train, test = ucf101.split_lists(splits, split)
+        for subset, path, parse in (
+            ("train", train, ucf101.parse_train_list),
+            ("test", test, ucf101.parse_test_list),
+        ):
+            entries = parse(path, classes) if path.is_file() else []
+            counts[split, subset] = len(entries)
+            listed.update(entries)
+    return counts, listed
+
+
+def verify_ucf101(root: Path, expected: ucf101.Counts = ucf101.UCF101_EXPECTED) -> VerifyResult:
+    """Count UCF101's classes, videos and split-list entries under `root`; list missing files.
+
+    A malformed list raises the UserError of the ucf101 parsers (file and line).
+    """
+    videos, splits = videos_dir(root), splits_dir(root)
+    index = splits / ucf101.CLASS_INDEX
+    classes = ucf101.parse_class_index(index) if index.is_file() else []
+    folders, n_videos = _videos_on_disk(videos)
+    counts, listed = _ucf101_lists(splits, classes) if classes else ({}, set())
+    checks = [
+        Check(f"classes ({ucf101.CLASS_INDEX})", expected.classes, len(classes)),
+        Check("classes (videos/ folders)", expected.classes, len(folders)),
+        Check("videos (.avi files)", expected.videos, n_videos),
+    ]
+    for split in SPLITS:
+        for subset in ("train", "test"):
+            wanted = getattr(expected, subset)[split - 1]
+            checks.append(Check(f"split {split} {subset}", wanted, counts.get((split, subset), 0)))
     missing = sorted(rel for rel in listed if not (videos / rel).is_file())
     checks.append(Check("split entries on disk", len(listed), len(listed) - len(missing)))
     return VerifyResult(root, checks, missing)
