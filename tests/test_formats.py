@@ -233,25 +233,45 @@ def _folders_config(root: Path, **extra: object):  # type: ignore[no-untyped-def
 def test_folders_split_is_written_once_stratified_and_reused(tmp_path: Path) -> None:
     root = _folders(tmp_path / "mine", {"jump": 10, "run": 4, "wave": 2})
     (root / "cache").mkdir()  # the default frame cache's folder is not a class
-    data = _folders_config(root, **{"data.test_fraction": 0.3})
+    data = _folders_config(root, **{"data.test_fraction": 0.2})
     index = index_dataset(data)
     assert index.classes == ["jump", "run", "wave"]
     tests = {v.path for v in index.subset(1, "test")}
     per_class = {c: sum(p.startswith(c + "/") for p in tests) for c in index.classes}
-    assert per_class == {"jump": 3, "run": 1, "wave": 1}  # each class has test videos
-    assert len(index.subset(1, "train")) == 16 - 5
+    # 20% per class, rounded, but never no test video (wave: 0.4) nor no training video.
+    assert per_class == {"jump": 2, "run": 1, "wave": 1}
+    assert len(index.subset(1, "train")) == 16 - 4
     split_file = root / SPLIT_FILE
     written = split_file.read_bytes()
     assert json.loads(written)["split_seed"] == 0
     again = index_dataset(data)
     assert split_file.read_bytes() == written  # the file is not rewritten
     assert {v.path for v in again.subset(1, "test")} == tests
+    # The file is what decides: a video moved by hand stays where the file puts it.
+    record = json.loads(written)
+    moved = sorted(tests)[0]
+    record["videos"][moved] = "train"
+    split_file.write_text(json.dumps(record))
+    assert {v.path for v in index_dataset(data).subset(1, "test")} == tests - {moved}
+    split_file.write_bytes(written)
     # Another seed gives another split, but only once the old file is gone.
     with pytest.raises(UserError, match=r"made with data.split_seed = 0, the config says 5"):
-        index_dataset(_folders_config(root, **{"data.split_seed": 5}))
+        index_dataset(_folders_config(root, **{"data.split_seed": 5, "data.test_fraction": 0.2}))
     split_file.unlink()
-    other = index_dataset(_folders_config(root, **{"data.split_seed": 5}))
+    other = index_dataset(
+        _folders_config(root, **{"data.split_seed": 5, "data.test_fraction": 0.2})
+    )
     assert {v.path for v in other.subset(1, "test")} != tests
+
+
+def test_folders_cache_inside_a_class_folder_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root = _folders(tmp_path / "mine", {"jump": 3, "run": 3})
+    extra = {"data.format": "folders", "data.cache_dir": str(root / "jump" / "cache")}
+    code, _, err = cli(capsys, "preprocess", *_sets(root, tmp_path, **extra))
+    assert code == 1 and "the cache needs a folder of its own" in err, err
+    assert f"inside the dataset's {root.resolve() / 'jump'}" in err
 
 
 def test_folders_new_video_after_the_split_is_refused(tmp_path: Path) -> None:
