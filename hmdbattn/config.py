@@ -379,7 +379,7 @@ class EvalConfig(Section):
 
 
 class DownloadConfig(Section):
-    """Where HMDB51 and UCF101 come from (lists are mirrors, tried in order)."""
+    """Where HMDB51 and UCF101 come from (mirror lists, tried in order)."""
 
     videos_urls: list[str] = Field(
         ["https://serre-lab.clps.brown.edu/wp-content/uploads/2013/10/hmdb51_org.rar"],

@@ -19,7 +19,7 @@ def eval_(
     ),
     config: Path | None = ConfigOption,
     overrides: list[str] | None = SetOption,
-    split: int | None = typer.Option(None, "--split", min=1, max=3, help="HMDB51 split."),
+    split: int | None = typer.Option(None, "--split", min=1, max=3, help="Dataset split."),
     subset: Literal["test", "unused", "train"] | None = typer.Option(
         None, "--subset", help="Which videos of the split to score (default eval.subset)."
     ),

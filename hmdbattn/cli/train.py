@@ -62,7 +62,7 @@ def train(
         None, "--resume", help="Continue the run in this directory from its last.pt."
     ),
     splits: str | None = typer.Option(
-        None, "--splits", help="Train one run per HMDB51 split, e.g. 1,2,3."
+        None, "--splits", help="Train one run per split (hmdb51, ucf101), e.g. 1,2,3."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run."),
     dry_run_: bool = typer.Option(
