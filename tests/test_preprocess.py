@@ -162,7 +162,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(
     manifest.videos.remove(recorded[-1])
     manifest.save(tmp_path)
     pre.append_journal(tmp_path / JOURNAL_NAME, recorded[-1])
-    _, tasks, _ = pre._plan(manifest, pre.scan_dataset(dataset), config, 1)
+    _, tasks, _ = pre._plan(manifest, pre.index_dataset(config.data), config, 1)
     pre.cache_one(tasks[-1])
     leftover = cache_file(tmp_path, tasks[0].rel_path).with_name(".x.jpgs.123.tmp")
     leftover.write_bytes(b"HMDBJPG1")
