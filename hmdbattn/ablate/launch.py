@@ -13,8 +13,8 @@ jobs never race on them.
   ``--max-parallel`` slots (a file lock in ``.submitit/slots``) before it trains, so at most
   that many train at once, whether or not this process waits for them.
 
-submitit's files (each job's pickles and its stdout / stderr logs) live in
-``<ablation folder>/.submitit/<job id>/``; ``.submitit/jobs.json`` records which job trains
+submitit's files (each job's pickles and its stdout / stderr logs, named by job id) live in
+``<ablation folder>/.submitit/jobs/``; ``.submitit/jobs.json`` records which job trains
 which run, so ``--report`` can say which runs are still running and which jobs failed.
 """
 
@@ -180,10 +180,10 @@ def import_submitit() -> ModuleType:
 
 
 def make_executor(options: LaunchOptions, folder: Path, name: str) -> Any:
-    """A submitit executor for `options`, its files in ``<folder>/.submitit/<job id>``."""
+    """A submitit executor for `options`, its files in ``<folder>/.submitit/jobs``."""
     submitit = import_submitit()
     try:
-        executor = submitit.AutoExecutor(folder / JOBS_DIR / "%j", cluster=options.launcher)
+        executor = submitit.AutoExecutor(folder / JOBS_DIR / "jobs", cluster=options.launcher)
     except RuntimeError as exc:  # SlurmExecutor without `srun` on the PATH
         raise UserError(
             f"--launcher slurm: {exc} (run this on a machine that submits SLURM jobs, or use "
@@ -371,6 +371,10 @@ def job_alive(entry: Mapping[str, Any]) -> bool:
 
 
 def _process_alive(pid: int) -> bool:
+    """Whether `pid` runs; a child of this process that ended (a zombie) is reaped: not alive."""
+    with contextlib.suppress(ChildProcessError):  # not a child of ours: its parent reaps it
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
