@@ -321,3 +321,15 @@ def test_failed_jobs_are_one_line_each_with_their_log(capsys, grid, tmp_path) ->
     assert killed[attn.run_dir].startswith("job ended without a result: killed? (job 13; log:")
     message = launch.wait_for(ablation, [(attn, FakeJob(tmp_path, "14", "no data"))], "local")
     assert message[attn.run_dir].startswith("no data (job 14; log:")
+
+
+def test_slurm_without_srun_is_one_line(capsys, tmp_path, monkeypatch) -> None:
+    from submitit.slurm import slurm
+
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: None)
+    grid = write_grid(tmp_path)
+    args = ["--launcher", "slurm", "--set", f"train.out_dir={tmp_path}"]
+    code, out, err = cli(capsys, "ablate", "--grid", grid, *args)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.startswith('error: --launcher slurm: Could not detect "srun"')
+    assert "or use --launcher local" in err and len(err.strip().splitlines()) == 1
