@@ -24,7 +24,8 @@ keeps); clips/s is the mean over its epochs. ``results.md``, ``results.csv`` and
 The package, one job per module: ``grid`` reads and checks grid files, ``resolve`` turns each
 variant into a validated config and run folder, ``results`` reads what is on disk (done,
 partial, pending and failed runs), ``tables`` writes the markdown, CSV and JSON tables, and
-``run`` trains the runs an ablation still needs.
+``run`` trains the runs an ablation still needs; ``launch`` runs them as submitit jobs instead
+(SLURM, or parallel local processes: ``--launcher``).
 """
 
 from hmdbattn.ablate.grid import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +62,16 @@ def _read_history(path: Path) -> list[dict[str, Any]]:
         raise UserError(f"{path}: cannot read ({exc}); delete the run folder to redo it") from None
 
 
-def build_rows(ablation: Ablation, failures: Mapping[Path, str] | None = None) -> list[dict]:
-    """One row per variant from what is on disk: parameters, GMACs, status and metrics."""
+def build_rows(
+    ablation: Ablation,
+    failures: Mapping[Path, str] | None = None,
+    running: Collection[Path] = (),
+) -> list[dict]:
+    """One row per variant from what is on disk: parameters, GMACs, status and metrics.
+
+    Unfinished runs in `failures` are marked failed, those in `running` (a job trains them
+    now: see `launch`) running.
+    """
     failures = failures or {}
     rows = []
     for variant in ablation.grid.variants:
@@ -72,6 +80,8 @@ def build_rows(ablation: Ablation, failures: Mapping[Path, str] | None = None) -
         for run, result in zip(runs, results, strict=True):
             if run.run_dir in failures and result.status != "done":
                 result.status = "failed"
+            elif run.run_dir in running and result.status != "done":
+                result.status = "running"
         params, gmacs, _ = profile(ablation, variant)
         row: dict[str, Any] = {
             "label": variant.label,
@@ -91,8 +101,8 @@ def build_rows(ablation: Ablation, failures: Mapping[Path, str] | None = None) -
 
 def _status(results: Sequence[RunResult]) -> str:
     statuses = {r.status for r in results}
-    for status in ("failed", "pending", "done"):
-        if statuses == {status} or (status == "failed" and status in statuses):
+    for status in ("failed", "running", "pending", "done"):
+        if statuses == {status} or (status in ("failed", "running") and status in statuses):
             return status
     return "partial"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hmdbattn.ablate.grid import Variant, slugify
+from hmdbattn.ablate.grid import RESERVED_KEYS, Variant, slugify
 from hmdbattn.ablate.resolve import Ablation, Run
 from hmdbattn.ablate.results import build_rows
 from hmdbattn.ablate.tables import show_table, write_results
@@ -61,7 +61,7 @@ def _matches(text: str, variant: Variant) -> bool:
 def decide(run: Run) -> tuple[str, str | None]:
     """("skip" | "resume" | "start", error or None) for a run, from its folder."""
     if (run.run_dir / "result.json").is_file():
-        changed = _changed_keys(run)
+        changed = changed_keys(run)
         if changed:
             err_console.print(
                 f"[yellow]kept[/] {run.run_dir} (finished) though the settings changed: "
@@ -72,7 +72,7 @@ def decide(run: Run) -> tuple[str, str | None]:
     if (run.run_dir / "last.pt").is_file():
         from hmdbattn.engine.rundir import fixed_on_resume
 
-        changed = _changed_keys(run)
+        changed = changed_keys(run)
         fixed = [k for k in changed if fixed_on_resume(k)]
         if fixed:
             return "resume", (
@@ -85,14 +85,19 @@ def decide(run: Run) -> tuple[str, str | None]:
     return "start", None
 
 
-def _changed_keys(run: Run) -> list[str]:
-    """Dotted keys whose value differs from the run folder's config.toml."""
+def changed_keys(run: Run) -> list[str]:
+    """Dotted keys whose value differs from the run folder's config.toml.
+
+    train.out_dir and train.name are left out: the ablation places the run (a job that
+    trains it through `hmdbattn train` records them as the folder it names).
+    """
     saved_path = run.run_dir / "config.toml"
     if not saved_path.is_file():
         return []
     saved = flatten(read_toml(saved_path))
     wanted = flatten(tomllib.loads(run.config.to_toml()))
-    return sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    keys = (saved.keys() | wanted.keys()) - set(RESERVED_KEYS)
+    return sorted(k for k in keys if saved.get(k) != wanted.get(k))
 
 
 def run_ablation(
@@ -122,7 +127,7 @@ def run_ablation(
         if error is None:
             if main:
                 _announce(run, action, number, len(selected))
-            error = _train(run, runtime, action == "resume")
+            error = train_one(run, runtime, action == "resume")
         if error is not None:
             failures[run.run_dir] = error
             if main:
@@ -153,7 +158,8 @@ def _announce(run: Run, action: str, number: int, total: int) -> None:
     )
 
 
-def _train(run: Run, runtime: Any, resume: bool) -> str | None:
+def train_one(run: Run, runtime: Any, resume: bool) -> str | None:
+    """Train (or resume) one run; None when it finished, else its UserError's line."""
     from hmdbattn.engine.train import train
 
     try:
