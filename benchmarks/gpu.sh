@@ -12,7 +12,8 @@
 #    in fp32, bf16, bf16 + channels-last, bf16 + torch.compile; the loader's CPU cost per clip
 #    and its clips/s with 8 workers; a real training loop (pinned memory, non-blocking copies):
 #    the share of its time spent waiting in next(loader) (target < 5%) and its model FLOP
-#    utilisation (MACs x 2 x 3 per step over the GPU's dense bf16 peak).
+#    utilisation (MACs x 2 x 3 per step over the GPU's dense bf16 peak); the hmdb51 head
+#    trained alone on cached CNN features against its whole-model step (--features).
 # 4. benchmarks/eval_step.py at the same size, 16 windows a batch, 1 and 3 crops.
 # 5. benchmarks/pretrain_step.py at the same size and batch: the classification step of the
 #    hmdb51 head against each pretraining objective (video/pixels, video/ema, tokens on the
@@ -62,7 +63,7 @@ STATUS=0
 log "3/6 train_step.py"
 "$PYTHON" benchmarks/train_step.py --device cuda --blocks 8 --frames 16 --crop 112 \
     --batch "$BATCH" --heads pool,hmdb51 --variants fp32,bf16,bf16-cl,bf16-compile \
-    --root "$DATA" --workers "$WORKERS" --loop-steps 80 --loop-variant bf16-cl \
+    --root "$DATA" --workers "$WORKERS" --loop-steps 80 --loop-variant bf16-cl --features \
     --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt" \
     || { STATUS=1; log "train_step.py failed (see train_step.txt)"; }
 

@@ -103,6 +103,7 @@ def test_train_step_prints_its_figures(train_run: tuple[str, Path]) -> None:
         rf"JPEG decode alone {NUMBER}",
         rf"loader clips/s: {NUMBER} with 1 workers",
         rf"data wait: {NUMBER}% of step time \(target < 5%\) (met|MISSED)",
+        rf"full/features step: {NUMBER}x faster \(target >= 20x\) (met|MISSED)",
     ):
         assert re.search(pattern, stdout), f"no {pattern!r} in:\n{stdout}"
     # The matrix: 3 heads x 3 variants, each with a peak memory figure (Linux: RSS growth).
@@ -113,7 +114,8 @@ def test_train_step_prints_its_figures(train_run: tuple[str, Path]) -> None:
     assert len(table) == 9, stdout
     line = ratio_line(stdout)
     for name in ("hmdb51/pool step", "largest/pool", "bf16/fp32", "channels-last/contiguous",
-                 "loader/model clips/s", "data wait/step time"):  # fmt: skip
+                 "loader/model clips/s", "data wait/step time",
+                 "full/features step"):  # fmt: skip
         assert re.search(rf"{re.escape(name)} {NUMBER}x", line), line
     assert "compile/eager n/a" in line  # no compile variant asked for
     report = json.loads(out.read_text())
@@ -122,6 +124,9 @@ def test_train_step_prints_its_figures(train_run: tuple[str, Path]) -> None:
     assert report["target"]["clock"] == "cpu"
     assert set(report["loader"]["cpu_ms_per_clip"]) >= {"total", "item", "decode", "transform"}
     assert 0 <= report["loop"]["wait_share"] < 1
+    features = report["features"]
+    assert features["head"] == "hmdb51" and features["full_ms_per_step"] > 0
+    assert features["speedup"] == features["full_ms_per_step"] / features["features_ms_per_step"]
 
 
 def test_eval_step_prints_its_figures(eval_run: tuple[str, Path]) -> None:

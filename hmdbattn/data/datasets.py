@@ -11,6 +11,8 @@ Two sources (``data.source``):
   and rates come from its manifest and only videos cached "ok" are used.
 - ``"video"``: the original files, each probed once when the dataset is built; a clip decodes
   only its own window, resized while decoding, and takes the frames nearest the sampled times.
+
+(A third, ``"features"``, reads the CNN's stored outputs instead of frames: data/features.py.)
 """
 
 from __future__ import annotations
@@ -328,6 +330,10 @@ def build_datasets(
     config: Config, subset_train: str = "train", subset_eval: str = "test"
 ) -> ClipData:
     """The training and evaluation datasets of ``data.split`` and the videos they leave out."""
+    if config.data.source == "features":  # the CNN's stored outputs (data/features.py)
+        from hmdbattn.data.features import feature_datasets
+
+        return feature_datasets(config)
     index = index_dataset(config.data)
     manifest = open_cache(config.data) if config.data.source == "cache" else None
     train_videos, train_excluded = resolve_videos(config, index, subset_train, manifest)
@@ -342,6 +348,10 @@ def build_datasets(
 
 def build_eval_dataset(config: Config, subset: str = "test") -> EvalData:
     """The evaluation dataset of `subset` in ``data.split`` (for ``hmdbattn eval``)."""
+    if config.data.source == "features":
+        from hmdbattn.data.features import feature_eval_dataset
+
+        return feature_eval_dataset(config, subset)
     index = index_dataset(config.data)
     videos, excluded = resolve_videos(config, index, subset)
     return EvalData(EvalClips(config, videos, index.classes), list(index.classes), excluded)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -17,6 +17,12 @@ from torch.utils.data import Subset
 from hmdbattn.checkpoint import damaged, load_checkpoint
 from hmdbattn.config import Config, load_config
 from hmdbattn.data.datasets import EvalClips, build_eval_dataset, make_loader
+from hmdbattn.data.features import (
+    FeatureEvalClips,
+    backbone_hash,
+    check_weights,
+    load_feature_manifest,
+)
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import Runtime, gather
 from hmdbattn.engine.metrics import (
@@ -28,7 +34,7 @@ from hmdbattn.engine.metrics import (
 from hmdbattn.engine.precision import autocast
 from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text, os_error_text
-from hmdbattn.models.classifier import model_from_checkpoint
+from hmdbattn.models.classifier import VideoClassifier, model_from_checkpoint
 from hmdbattn.report import progress
 
 
@@ -56,10 +62,17 @@ def score_clips(
     """Logits of every window (and crop) of `dataset`; each rank scores every world_size-th item.
 
     The result is the same on every rank and equal to a single-process run's. `time_reversed`
-    plays every clip backwards (a check that the model uses temporal order).
+    plays every clip backwards (a check that the model uses temporal order). On stored CNN
+    features (a `FeatureEvalClips`) the head alone scores them: the CNN ran when they were made.
     """
     model.eval()
     transform = VideoTransform.from_config(config.data, "eval")
+    on_features = isinstance(dataset, FeatureEvalClips)
+    if on_features and time_reversed:
+        raise UserError(
+            "--time-reversed plays frames backwards, and the CNN features are already made: "
+            'add --set data.source="cache" to score the frames'
+        )
     shard = list(range(runtime.rank, len(dataset), runtime.world_size))
     loader = make_loader(
         Subset(dataset, shard), config, train=False, batch_size=config.eval.batch_size
@@ -69,10 +82,13 @@ def score_clips(
     precision = partial(autocast, runtime.device, config.train.amp)
     with progress("clips", transient=True, disable=not runtime.is_main) as bar:
         task = bar.add_task("evaluating", total=len(shard))
-        for frames, labels, _ in loader:
-            frames = frames.to(runtime.device, non_blocking=True)
-            logits = score_batch(model, transform, frames, precision, time_reversed=time_reversed)
-            views = transform.views
+        views = transform.views
+        for batch, labels, _ in loader:
+            batch = batch.to(runtime.device, non_blocking=True)
+            if on_features:
+                logits = score_features(cast(VideoClassifier, model), batch, precision)
+            else:
+                logits = score_batch(model, transform, batch, precision, None, time_reversed)
             loss_sum += (
                 nn.functional.cross_entropy(
                     logits, labels.repeat_interleave(views), reduction="sum"
@@ -106,6 +122,17 @@ def score_batch(
         x = x.flip(2)
     with precision():
         return model(x).float().cpu()  # (B * views, K); .cpu() waits for the device
+
+
+@torch.no_grad()
+def score_features(
+    model: VideoClassifier,
+    features: torch.Tensor,
+    precision: Callable[[], contextlib.AbstractContextManager],
+) -> torch.Tensor:
+    """The logits (B * views, K), on the CPU, of stored features (B, views, C, T', H', W')."""
+    with precision():
+        return model.forward_features(features.flatten(0, 1).float()).float().cpu()
 
 
 def _assemble(
@@ -192,6 +219,10 @@ def evaluate_checkpoint(
             f"on {trained[:3]}...: point data.root at the dataset it was trained on"
         )
     model = model_from_checkpoint(ckpt, config, checkpoint).to(runtime.device)
+    if config.data.source == "features":  # the features must be this checkpoint's CNN's
+        folder = config.data.features_path
+        digest = backbone_hash(model.backbone)
+        check_weights(load_feature_manifest(folder), config, digest, folder, str(checkpoint))
     scores = score_clips(model, data.dataset, config, runtime, time_reversed)
     result = EvalResult(
         checkpoint,

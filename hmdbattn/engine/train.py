@@ -75,6 +75,16 @@ class Trainer:
     def run_dir(self) -> Path:
         return self.run.path
 
+    @property
+    def on_features(self) -> bool:
+        """Whether the run trains the head alone on stored CNN features."""
+        return self.config.data.source == "features"
+
+    @property
+    def trainable(self) -> nn.Module:
+        """What the optimiser trains and a step runs: the head on features, else the model."""
+        return self.model.head if self.on_features else self.model
+
 
 def build_trainer(
     config: Config, run: RunDir, runtime: Runtime, last: dict[str, Any] | None = None
@@ -98,7 +108,10 @@ def build_trainer(
     model = model.to(runtime.device)
     if channels_last(config, runtime.device):
         model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = build_optimizer(model, config.train)
+    on_features = config.data.source == "features"
+    if on_features:
+        check_features_cnn(config, model, runtime)
+    optimizer = build_optimizer(model.head if on_features else model, config.train)
     steps = math.ceil(len(data.train) / (config.data.batch_size * runtime.world_size))
     trainer = Trainer(
         config,
@@ -114,6 +127,25 @@ def build_trainer(
     if last is not None:
         restore(trainer, last)
     return trainer
+
+
+def check_features_cnn(config: Config, model: VideoClassifier, runtime: Runtime) -> None:
+    """A run on features: its CNN must be theirs; CNN-training keys are noted as unused."""
+    from hmdbattn.data.features import backbone_hash, check_weights, load_feature_manifest
+
+    folder = config.data.features_path
+    manifest = load_feature_manifest(folder)
+    check_weights(manifest, config, backbone_hash(model.backbone), folder)
+    model.backbone.eval()  # frozen: never run, its BatchNorm statistics stay the features'
+    c = config.train
+    unused = [f"train.freeze_cnn_epochs = {c.freeze_cnn_epochs}"] * (c.freeze_cnn_epochs > 0)
+    unused += [f"train.cnn_lr = {c.cnn_lr}"] * (c.cnn_lr is not None)
+    if unused and runtime.is_main:
+        err_console.print(
+            f'note: {" and ".join(unused)} ignored: with data.source = "features" the CNN '
+            "is frozen and only the head trains",
+            highlight=False,
+        )
 
 
 def check_classes(ckpt: dict[str, Any], classes: list[str], path: Path, config: Config) -> None:
@@ -258,7 +290,7 @@ def step_parts(trainer: Trainer, forward: Callable[[torch.Tensor], torch.Tensor]
     cfg, device = trainer.config, trainer.runtime.device
     return StepParts(
         forward,
-        trainer.model.parameters,
+        trainer.trainable.parameters,
         trainer.optimizer,
         trainer.scaler,
         cfg.train,
@@ -276,18 +308,16 @@ def train_epoch(
     Clip accuracy counts only for classification (it stays 0 with ``trainer.loss``).
     """
     cfg, rt, state = trainer.config, trainer.runtime, trainer.state
-    transform = VideoTransform.from_config(cfg.data, "train")
     generator = epoch_generator(cfg.train.seed, state.epoch, rt.rank)
     parts = step_parts(trainer, ddp)
+    prepare = batch_input(trainer)
     ddp.train()
     if cnn_frozen(state.epoch, cfg.train):
         trainer.model.backbone.eval()  # frozen CNN: keep its BatchNorm statistics too
-    memory = memory_format(cfg, rt.device)
     totals = torch.zeros(3, device=rt.device)  # loss sum, correct clips, clips
-    for number, (frames, labels, _) in enumerate(loader):
+    for number, (batch, labels, _) in enumerate(loader):
         trainer.schedule.apply(state.step)
-        x = transform(frames.to(rt.device, non_blocking=True), generator)  # (B, C, T, h, w)
-        x = x.contiguous(memory_format=memory)
+        x = prepare(batch.to(rt.device, non_blocking=True), generator)
         y = labels.to(rt.device, non_blocking=True)
         loss, logits = train_step(parts, x, y, generator)
         state.step += 1
@@ -300,6 +330,25 @@ def train_epoch(
             break
     loss_sum, correct, count = (sum(t) for t in zip(*gather(totals.tolist(), rt), strict=True))
     return {"train_loss": loss_sum / count, "train_clip_acc": correct / count, "clips": count}
+
+
+def batch_input(trainer: Trainer) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """What turns a loader batch into the step's input `x`, given the epoch's generator.
+
+    Frames (B, T, H, W, 3) uint8: the training transform (crop, flip, normalise) in the
+    model's memory layout, giving (B, C, T, h, w). Stored features (B, C, T', H', W') float16:
+    float32, for the head (their crops and flips were drawn when they were extracted).
+    """
+    cfg, device = trainer.config, trainer.runtime.device
+    if trainer.on_features:
+        return lambda features, _: features.float()
+    transform = VideoTransform.from_config(cfg.data, "train")
+    memory = memory_format(cfg, device)
+
+    def frames_input(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return transform(frames, generator).contiguous(memory_format=memory)
+
+    return frames_input
 
 
 def _step_text(trainer: Trainer, totals: torch.Tensor) -> str:
@@ -370,7 +419,7 @@ def log_tensorboard(trainer: Trainer, row: dict[str, Any]) -> None:
 def run_epochs(trainer: Trainer) -> RunState:
     """Train from the state's epoch to the last one (or an earlier stop)."""
     cfg, rt, state = trainer.config, trainer.runtime, trainer.state
-    ddp = wrap_ddp(trainer.model, rt)
+    ddp = wrap_ddp(trainer.trainable, rt)
     if cfg.train.compile:
         ddp = torch.compile(ddp)  # type: ignore[assignment]
     sampler, loader = epoch_loader(trainer.data.train, cfg, rt)

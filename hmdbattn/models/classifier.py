@@ -56,8 +56,12 @@ class VideoClassifier(nn.Module):
         """The CNN feature map (B, C, T', H', W')."""
         return self.backbone(x)
 
+    def forward_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from a CNN feature map (B, C, T', H', W'): the head alone (cached features)."""
+        return self.head(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.forward_features(self.features(x))
 
 
 @dataclass
