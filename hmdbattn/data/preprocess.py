@@ -237,16 +237,17 @@ def preprocess(
 ) -> PreprocessSummary:
     """Decode every video of ``config.data.root`` once into the cache at data.cache_path.
 
-    `workers` processes decode in parallel (default data.num_workers; 0 decodes in this
-    process). Raises UserError when the existing cache was made with another resize or JPEG
-    quality, when another run holds the cache, or when the cache cannot be written.
+    `workers` processes decode in parallel (default `default_workers`: one per usable core;
+    0 decodes in this process). Raises UserError when the existing cache was made with another
+    resize or JPEG quality, when another run holds the cache, or when the cache cannot be
+    written.
     """
     started = time.perf_counter()
     data = config.data
     cache_dir = data.cache_path
     index = scan_dataset(data.root)
     check_cache_location(data.root, cache_dir)
-    workers = data.num_workers if workers is None else workers
+    workers = default_workers() if workers is None else workers
     existing_manifest(cache_dir)  # a folder that is not a cache is refused before the lock file
     try:
         with cache_lock(cache_dir):
@@ -262,6 +263,20 @@ def preprocess(
             "fewer --workers if memory is short"
         ) from None
     return _summary(recorder, skipped, time.perf_counter() - started)
+
+
+def default_workers() -> int:
+    """Decoding processes when none are asked for: one per core this process may use.
+
+    Not data.num_workers, the loader's count (often 0 in small configs): decoding every video
+    is the one step that keeps every core busy. On a single core, 0 (decode in this process:
+    a worker would only add its start-up).
+    """
+    if hasattr(os, "sched_getaffinity"):  # the cores a container or taskset leaves us
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    return cores if cores > 1 else 0
 
 
 def _cache_all(
