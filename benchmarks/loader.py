@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import re
 import resource
@@ -184,13 +185,13 @@ def clip_sequence(dataset: TrainClips) -> Iterator[Clip]:
         epoch += 1
 
 
-def time_reader(read: Reader, dataset: TrainClips, seconds: float) -> Row:
-    """Read clips in this process for about `seconds` (at least one epoch)."""
-    clips = clip_sequence(dataset)
-    read(*next(clips))  # opens what stays open (imports, cache readers): not timed
+def time_reader(read: Reader, clips: list[Clip], seconds: float) -> Row:
+    """Read `clips` in this process, over and over, for about `seconds` (all of them once, at
+    least). The clips are drawn beforehand: drawing costs every source the same."""
+    read(*clips[0])  # opens what stays open (imports, cache readers): not timed
     done, cpu, started = 0, cpu_seconds(), time.perf_counter()
-    while time.perf_counter() - started < seconds or done < len(dataset.videos):
-        read(*next(clips))
+    while time.perf_counter() - started < seconds or done < len(clips):
+        read(*clips[done % len(clips)])
         done += 1
     wall = time.perf_counter() - started
     return Row(done / wall, 1000 * (cpu_seconds() - cpu) / done)
@@ -313,10 +314,12 @@ def reader_rows(config: Config, dataset: TrainClips, seconds: float) -> dict[str
         "video": FrameReader(video_data).read,
         "pyav": pyav_reader(videos_dir, size),
     }
-    readers["torchcodec"] = torchcodec_reader(videos_dir, size, next(clip_sequence(dataset)))
+    # Enough epochs that the cache, the fastest, repeats few clips within `seconds`.
+    clips = list(itertools.islice(clip_sequence(dataset), max(len(dataset), int(1000 * seconds))))
+    readers["torchcodec"] = torchcodec_reader(videos_dir, size, clips[0])
     rows: dict[str, Row | str] = {}
     for name, read in readers.items():
-        rows[name] = read if isinstance(read, str) else time_reader(read, dataset, seconds)
+        rows[name] = read if isinstance(read, str) else time_reader(read, clips, seconds)
         print_row(name, 0, rows[name])
     return rows
 
@@ -337,7 +340,7 @@ def run(root: Path, videos: int, seconds: float, workers: int | None) -> float:
         print("one process, one thread, the same clips:")
         print(f"{'source':<11}{'workers':>8}{'clips/s':>10}{'CPU ms/clip':>13}")
         rows = reader_rows(config, dataset, seconds)
-        print(f"training loader, {LOADER_WORKERS} workers, batch {BATCH}:")
+        print(f"training loader, {LOADER_WORKERS} workers, batch {BATCH} (CPU: starting them too):")
         for source in ("cache", "video"):
             loader_config = config_for(root, source, LOADER_WORKERS, Path(cache_dir))
             print_row(source, LOADER_WORKERS, measure_loader(loader_config, seconds))

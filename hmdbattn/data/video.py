@@ -34,7 +34,16 @@ import numpy as np
 
 from hmdbattn.config import DataConfig
 from hmdbattn.data.clips import Span
-from hmdbattn.data.decode import Decoded, DecodeError, Frames, Pick, VideoInfo, decode_frames, probe
+from hmdbattn.data.decode import (
+    Decoded,
+    DecodeError,
+    Frames,
+    Keep,
+    Pick,
+    VideoInfo,
+    decode_frames,
+    probe,
+)
 
 # Decoded frames held at once: 512 MiB is about 2 minutes at 128x171 and 30 fps.
 MEMORY_BUDGET = 512 * 2**20
@@ -53,20 +62,25 @@ def target_size(height: int, width: int, resize: tuple[int, int]) -> tuple[int, 
 
 
 def read_window(
-    path: Path, size: tuple[int, int], start: float, end: float, retry_end: float | None
+    path: Path,
+    size: tuple[int, int],
+    start: float,
+    end: float,
+    retry_end: float | None,
+    keep: Keep | None = None,
 ) -> Frames:
     """The frames of `path` in ``[start, end)`` seconds, else those from one second earlier.
 
     Headers can announce a frame or two more than decodes, so a window at the very end of a
     video may hold no frame at all: the retry reads from ``start - 1`` up to `retry_end` (None:
     the end of the file) for the last frames there are, so that a clip starting before them
-    still gets an answer. The frames are converted as they are taken (`Frames.take`). Raises
-    DecodeError when the retry finds no frame either.
+    still gets an answer. The frames are converted as they are taken (`Frames.take`); `keep`
+    drops the others as they decode. Raises DecodeError when the retry finds no frame either.
     """
     try:
-        return decode_frames(path, size, start, end)
+        return decode_frames(path, size, start, end, keep=keep)
     except DecodeError:
-        return decode_frames(path, size, max(0.0, start - 1.0), retry_end)
+        return decode_frames(path, size, max(0.0, start - 1.0), retry_end, keep=keep)
 
 
 def decode_window(
@@ -76,10 +90,18 @@ def decode_window(
     end: float,
     retry_end: float | None,
     pick: Pick | None = None,
+    keep: Keep | None = None,
 ) -> Decoded:
-    """`read_window`'s frames as a `Decoded`: those `pick` keeps (converting only them), or all."""
-    frames = read_window(path, size, start, end, retry_end)
+    """`read_window`'s frames as a `Decoded`: those `pick` keeps (converting only them), or all.
+
+    `keep` guesses while decoding which frames `pick` will want; should it drop one that
+    `pick` wants (a wrong guess), the window is decoded again holding every frame.
+    """
+    frames = read_window(path, size, start, end, retry_end, keep)
     positions = np.arange(len(frames)) if pick is None else pick(frames.times, frames.fps)
+    if keep is not None and not frames.holds(positions):
+        frames = read_window(path, size, start, end, retry_end)
+        positions = np.arange(len(frames)) if pick is None else pick(frames.times, frames.fps)
     return frames.decoded(positions)
 
 
@@ -91,6 +113,25 @@ def spaced_positions(first: float, fps: float, count: int, seconds: np.ndarray) 
     """
     positions = np.rint((seconds - first) * fps).astype(np.int64)
     return np.clip(positions, 0, count - 1)
+
+
+def spaced_keep(seconds: np.ndarray, fps: float) -> Keep:
+    """The frames a `spaced_positions` pick of `seconds` wants, if the window's rate is `fps`.
+
+    For `decode_window`'s `keep`: the frame at each of `seconds`, counted from the window's
+    first frame, and every frame from the last of those on (a window shorter than its clip
+    takes its last frame for the times past its end).
+    """
+    wanted: dict[float, tuple[set[int], int]] = {}
+
+    def keep(position: int, first: float) -> bool:
+        if first not in wanted:
+            found = spaced_positions(first, fps, 2**62, seconds)  # no upper clamp yet
+            wanted[first] = set(found.tolist()), int(found.max())
+        positions, last = wanted[first]
+        return position in positions or position >= last
+
+    return keep
 
 
 def nearest_frames(times: np.ndarray, wanted: np.ndarray) -> np.ndarray:
