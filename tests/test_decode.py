@@ -13,13 +13,15 @@ from videofiles import moving_square_frames, write_avi, write_vfr
 from hmdbattn.data import decode
 from hmdbattn.data.clips import Span, cover, spread
 from hmdbattn.data.datasets import ClipVideo, FrameReader
-from hmdbattn.data.decode import DecodeError, _fps, decode_video, probe
+from hmdbattn.data.decode import DecodeError, Pick, _fps, decode_video, probe
 from hmdbattn.data.video import (
     Chunked,
     InMemory,
     decode_window,
     nearest_frames,
     open_video,
+    spaced_keep,
+    spaced_positions,
     target_size,
 )
 
@@ -318,3 +320,45 @@ def test_whole_video_converts_while_decoding_when_coded_frames_do_not_fit(
     for span, clip in zip(spans, video.clips(spans, 4), strict=True):
         np.testing.assert_array_equal(clip, full[video.shown[span.indices(4, 120)]])
     assert len(converted) == 120
+
+
+def _window_clip(frames: int, start: float) -> tuple[np.ndarray, float, float, Pick]:
+    """A 16-frame clip of a 2 s window at 30 fps: its times, window and `spaced_positions` pick."""
+    times = np.asarray(spread(start, min(60, frames), 16, frames), dtype=np.float64) / 30
+
+    def pick(window: np.ndarray, fps: float) -> np.ndarray:
+        return spaced_positions(float(window[0]), fps, len(window), times)
+
+    return times, max(0.0, times.min() - 0.5 / 30), times.max() + 0.5 / 30, pick
+
+
+def test_clip_window_holds_only_the_frames_its_clip_picks(
+    clips_videos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    was_held: list[bool] = []
+    add = decode.Frames.add
+
+    def recording(self, seconds, frame, convert, held=True):  # type: ignore[no-untyped-def]
+        was_held.append(held)
+        add(self, seconds, frame, convert, held)
+
+    monkeypatch.setattr(decode.Frames, "add", recording)
+    indices = spread(37.0, 60, 16, 120)
+    clip = _on_the_fly(clips_videos, (32, 40)).read(ClipVideo("long.avi", 0, 120, 30.0), indices)
+    # Every frame of the window from its first sampled frame to its last decodes (58), and
+    # only the 16 sampled ones are held (and any after the last, should the window end early).
+    assert len(was_held) == indices[-1] - indices[0] + 1 == 58
+    assert sum(was_held) == len(set(indices)) == 16
+    np.testing.assert_array_equal(
+        clip.numpy(), decode_video(clips_videos / "long.avi", (32, 40)).frames[indices]
+    )
+
+
+def test_a_wrong_keep_guess_decodes_the_window_again(clips_videos: Path) -> None:
+    path, size = clips_videos / "long.avi", (32, 40)
+    times, start, end, pick = _window_clip(120, 37.0)
+    expected = decode_window(path, size, start, end, None, pick).frames
+    wrong = spaced_keep(times, 20.0)  # the video is 30 fps: most wanted frames are dropped
+    np.testing.assert_array_equal(
+        decode_window(path, size, start, end, None, pick, wrong).frames, expected
+    )
