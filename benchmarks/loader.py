@@ -267,16 +267,18 @@ def transform_ms(config: Config, seconds: float) -> float:
 
 def time_preprocess(config: Config, workers: int | None) -> tuple[str, int]:
     """Preprocess into a fresh cache; the figures line and the number of frames cached."""
-    workers = default_workers() if workers is None else workers
+    if workers is None:  # preprocess's own default for this many videos
+        workers = default_workers(len(scan_dataset(config.data.root).videos))
     cpu, started = cpu_seconds(), time.perf_counter()
     with quiet():
         summary = preprocess(config, workers=workers)
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     frames = sum(v.frames for v in all_videos(config))
-    processes = f"{workers} workers" if workers else "in this process"
+    processes = f"with {workers} workers" if workers else "in this process"
+    start_up = ", worker start-up included" if workers else ""
     line = (
         f"preprocess: {frames / wall:.0f} frames/s {processes} ({1000 * cpu / frames:.2f} CPU "
-        f"ms/frame, worker start-up included; {summary.ok} videos, {frames} frames)"
+        f"ms/frame{start_up}; {summary.ok} videos, {frames} frames)"
     )
     return line, frames
 
