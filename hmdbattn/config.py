@@ -170,9 +170,7 @@ class DataConfig(Section):
         KINETICS_STD, description="per-channel (R, G, B) standard deviation pixels are divided by"
     )
     batch_size: int = Field(8, ge=1, description="training clips per batch (per GPU under DDP)")
-    num_workers: int = Field(
-        2, ge=0, description="data loader processes (and preprocess's); 0 = in the main process"
-    )
+    num_workers: int = Field(2, ge=0, description="data loader processes; 0 = in the main process")
     train_per_class: int = Field(
         0,
         ge=0,

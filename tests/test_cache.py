@@ -13,6 +13,7 @@ from conftest import tiny_overrides
 
 from hmdbattn import load_config
 from hmdbattn.data import cache as cache_module
+from hmdbattn.data import preprocess as preprocess_module
 from hmdbattn.data.cache import (
     CachedVideo,
     Manifest,
@@ -188,3 +189,34 @@ def test_check_compatible_names_the_key(tmp_path: Path) -> None:
         loaded.check_compatible((112, 112), 90)
     with pytest.raises(UserError, match=r"data\.jpeg_quality = 90, the config has 75"):
         loaded.check_compatible((128, 171), 75)
+
+
+def test_preprocess_uses_every_usable_core_by_default(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --workers, preprocess starts one decoding process per core it may use, whatever
+    data.num_workers (the loader's count) says; in its own process on one core, or for fewer
+    videos than pay for starting two workers."""
+    monkeypatch.setattr(preprocess_module.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert preprocess_module.default_workers() == 3
+    per_worker = preprocess_module.VIDEOS_PER_WORKER
+    assert preprocess_module.default_workers(6766) == 3  # HMDB51
+    assert preprocess_module.default_workers(2 * per_worker) == 2
+    assert preprocess_module.default_workers(2 * per_worker - 1) == 0
+    asked: list[int] = []
+    run = preprocess_module._run
+
+    def recording(tasks: list, workers: int):  # type: ignore[no-untyped-def]
+        asked.append(workers)
+        return run(tasks, 0)  # decode here all the same: spawning 3 processes is slow
+
+    monkeypatch.setattr(preprocess_module, "_run", recording)
+    monkeypatch.setattr(preprocess_module, "VIDEOS_PER_WORKER", 1)  # the tiny dataset is enough
+    overrides = {**tiny_overrides(tiny_dataset, tmp_path), "data.cache_dir": str(tmp_path / "c")}
+    config = load_config(None, overrides)
+    assert config.data.num_workers == 0
+    with quiet():
+        assert preprocess(config).ok > 2
+    assert asked == [3]
+    monkeypatch.setattr(preprocess_module.os, "sched_getaffinity", lambda pid: {0})
+    assert preprocess_module.default_workers(6766) == 0

@@ -8,12 +8,22 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
-from videofiles import write_avi, write_vfr
+from videofiles import moving_square_frames, write_avi, write_vfr
 
-from hmdbattn.data.clips import spread
+from hmdbattn.data import decode
+from hmdbattn.data.clips import Span, cover, spread
 from hmdbattn.data.datasets import ClipVideo, FrameReader
-from hmdbattn.data.decode import DecodeError, _fps, _Reader, decode_video, probe
-from hmdbattn.data.video import decode_window
+from hmdbattn.data.decode import DecodeError, Pick, _fps, decode_video, probe
+from hmdbattn.data.video import (
+    Chunked,
+    InMemory,
+    decode_window,
+    nearest_frames,
+    open_video,
+    spaced_keep,
+    spaced_positions,
+    target_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -193,22 +203,162 @@ def test_clip_frames_equal_a_full_decodes(
     np.testing.assert_array_equal(clip.numpy(), full[indices])
 
 
+def _count_conversions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pts of every frame converted to RGB from now on, in order (a live list)."""
+    converted: list[int] = []
+    upright = decode._upright
+
+    def counting(frame: av.VideoFrame, size: tuple[int, int] | None, rotation: int) -> np.ndarray:
+        converted.append(frame.pts)
+        return upright(frame, size, rotation)
+
+    monkeypatch.setattr(decode, "_upright", counting)
+    return converted
+
+
 @pytest.mark.parametrize(
     ("name", "frames", "start"), [("long.avi", 120, 37.0), ("short.avi", 12, 0.0)]
 )
 def test_clip_converts_only_the_frames_it_keeps(
     clips_videos: Path, monkeypatch: pytest.MonkeyPatch, name: str, frames: int, start: float
 ) -> None:
-    converted: list[int] = []
-    upright = _Reader.upright
-
-    def counting(self: _Reader, frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-        converted.append(frame.pts)
-        return upright(self, frame, size)
-
-    monkeypatch.setattr(_Reader, "upright", counting)
+    converted = _count_conversions(monkeypatch)
     indices = spread(start, min(60, frames), 16, frames)
     _on_the_fly(clips_videos, (32, 40)).read(ClipVideo(name, 0, frames, 30.0), indices)
     # The window holds 60 (or 12) frames: only the distinct sampled ones are converted, once.
     assert len(converted) == len(set(indices))
     assert len(set(converted)) == len(converted)
+
+
+# --- Prediction's readers (data/video.py) convert only the frames their clips keep ----------
+
+
+def _write_rotated(path: Path, num_frames: int = 45) -> Path:
+    """H.264 (B-frames reorder) coded 64x48, displayed turned a quarter turn: portrait."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(90)
+        for array in moving_square_frames(num_frames, seed=3):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def predict_videos(clips_videos: Path, videos: Path) -> Path:
+    """A 4 s AVI, a variable-frame-rate MKV and a rotated MP4, side by side."""
+    _write_rotated(clips_videos / "rotated.mp4")
+    (clips_videos / "vfr.mkv").write_bytes((videos / "vfr.mkv").read_bytes())
+    return clips_videos
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """The size prediction resizes `path` to for data.resize = (32, 40)."""
+    info = probe(path)
+    return target_size(info.height, info.width, (32, 40))
+
+
+def _windows(video: InMemory | Chunked) -> list[Span]:
+    """Clips of 10 frames covering the video, as predict plans them."""
+    return cover(Span(0.0, float(video.video_frames)), 10.0)
+
+
+@pytest.mark.parametrize("name", ["long.avi", "vfr.mkv", "rotated.mp4"])
+def test_whole_video_clips_equal_a_full_decodes(
+    predict_videos: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    path = predict_videos / name
+    full = decode_video(path, size=_size(path)).frames
+    converted = _count_conversions(monkeypatch)
+    video = open_video(path, SimpleNamespace(resize=(32, 40)))  # type: ignore[arg-type]
+    assert isinstance(video, InMemory)
+    spans = _windows(video)
+    used: set[int] = set()
+    for span, clip in zip(spans, video.clips(spans, 4), strict=True):
+        shown = video.shown[span.indices(4, video.video_frames)]
+        np.testing.assert_array_equal(clip, full[shown])
+        used.update(shown.tolist())
+    # Only the frames some clip shows were converted, each once, out of all those decoded.
+    assert len(converted) == len(used) < len(full)
+    np.testing.assert_array_equal(video.frames, full)  # the rest, converted when asked for
+
+
+@pytest.mark.parametrize("name", ["long.avi", "vfr.mkv"])
+def test_chunked_clips_equal_a_full_decodes(
+    predict_videos: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    path = predict_videos / name
+    size = _size(path)
+    full = decode_video(path, size=size)
+    assert full.times is not None
+    budget = 6 * 64 * 48 * 3  # six decoded 64x48 frames (the converted ones are smaller)
+    converted = _count_conversions(monkeypatch)
+    video = open_video(path, SimpleNamespace(resize=(32, 40)), budget)  # type: ignore[arg-type]
+    assert isinstance(video, Chunked) and video.max_frames == 6
+    spans = _windows(video)
+    kept = 0
+    for span, clip in zip(spans, video.clips(spans, 4), strict=True):
+        wanted = np.asarray(span.indices(4, video.video_frames)) / video.fps
+        assert clip is not None
+        np.testing.assert_array_equal(clip, full.frames[nearest_frames(full.times, wanted)])
+        kept += len(set(wanted.tolist()))
+    assert len(converted) <= kept < len(full.frames)
+
+
+def test_whole_video_converts_while_decoding_when_coded_frames_do_not_fit(
+    predict_videos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = predict_videos / "long.avi"  # 120 frames: 3840 bytes converted, 9216 decoded
+    full = decode_video(path, size=(32, 40)).frames
+    converted = _count_conversions(monkeypatch)
+    budget = 120 * 5000  # room for the converted frames only
+    video = open_video(path, SimpleNamespace(resize=(32, 40)), budget)  # type: ignore[arg-type]
+    assert isinstance(video, InMemory)
+    assert len(converted) == 120  # every frame converted as it decoded: none held coded
+    spans = _windows(video)
+    for span, clip in zip(spans, video.clips(spans, 4), strict=True):
+        np.testing.assert_array_equal(clip, full[video.shown[span.indices(4, 120)]])
+    assert len(converted) == 120
+
+
+def _window_clip(frames: int, start: float) -> tuple[np.ndarray, float, float, Pick]:
+    """A 16-frame clip of a 2 s window at 30 fps: its times, window and `spaced_positions` pick."""
+    times = np.asarray(spread(start, min(60, frames), 16, frames), dtype=np.float64) / 30
+
+    def pick(window: np.ndarray, fps: float) -> np.ndarray:
+        return spaced_positions(float(window[0]), fps, len(window), times)
+
+    return times, max(0.0, times.min() - 0.5 / 30), times.max() + 0.5 / 30, pick
+
+
+def test_clip_window_holds_only_the_frames_its_clip_picks(
+    clips_videos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    was_held: list[bool] = []
+    add = decode.Frames.add
+
+    def recording(self, seconds, frame, convert, held=True):  # type: ignore[no-untyped-def]
+        was_held.append(held)
+        add(self, seconds, frame, convert, held)
+
+    monkeypatch.setattr(decode.Frames, "add", recording)
+    indices = spread(37.0, 60, 16, 120)
+    clip = _on_the_fly(clips_videos, (32, 40)).read(ClipVideo("long.avi", 0, 120, 30.0), indices)
+    # Every frame of the window from its first sampled frame to its last decodes (58), and
+    # only the 16 sampled ones are held (and any after the last, should the window end early).
+    assert len(was_held) == indices[-1] - indices[0] + 1 == 58
+    assert sum(was_held) == len(set(indices)) == 16
+    np.testing.assert_array_equal(
+        clip.numpy(), decode_video(clips_videos / "long.avi", (32, 40)).frames[indices]
+    )
+
+
+def test_a_wrong_keep_guess_decodes_the_window_again(clips_videos: Path) -> None:
+    path, size = clips_videos / "long.avi", (32, 40)
+    times, start, end, pick = _window_clip(120, 37.0)
+    expected = decode_window(path, size, start, end, None, pick).frames
+    wrong = spaced_keep(times, 20.0)  # the video is 30 fps: most wanted frames are dropped
+    np.testing.assert_array_equal(
+        decode_window(path, size, start, end, None, pick, wrong).frames, expected
+    )

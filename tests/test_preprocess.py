@@ -78,7 +78,7 @@ def _config(root: Path, cache: Path, **extra: object) -> Config:
 def quiet_preprocess(config: Config, min_frames: int = 1) -> pre.PreprocessSummary:
     """`preprocess` in this process without a progress bar."""
     with quiet():
-        return pre.preprocess(config, min_frames=min_frames)
+        return pre.preprocess(config, workers=0, min_frames=min_frames)
 
 
 def _assert_reasons(got: dict[str, str]) -> None:

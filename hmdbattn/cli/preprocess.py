@@ -25,7 +25,8 @@ def preprocess_command(
         "--workers",
         "-w",
         min=0,
-        help="Decoding processes (default data.num_workers; 0 = in this process).",
+        help="Decoding processes (default: one per usable CPU core, fewer for a few dozen "
+        "videos; 0 = in this process).",
         show_default=False,
     ),
     json_out: bool = JsonOption,

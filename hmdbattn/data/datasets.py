@@ -40,7 +40,7 @@ from hmdbattn.data.clips import eval_windows, train_clip_indices
 from hmdbattn.data.decode import DecodeError, probe
 from hmdbattn.data.formats import index_dataset
 from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, per_class
-from hmdbattn.data.video import decode_window, spaced_positions
+from hmdbattn.data.video import decode_window, spaced_keep, spaced_positions
 from hmdbattn.errors import UserError
 
 Item = tuple[torch.Tensor, int, int]  # frames (T, H, W, 3) uint8, label, video index
@@ -111,9 +111,11 @@ class FrameReader:
             # Only these frames are resized and converted to RGB (not the whole window).
             return spaced_positions(float(window[0]), fps, len(window), times)
 
+        # The frames the pick will not want are dropped as they decode, never held.
+        keep = spaced_keep(times, video.fps)
         try:
             # A retry (the window held no frame) reads on to the end of the file.
-            decoded = decode_window(path, self.resize, start, end, retry_end=None, pick=pick)
+            decoded = decode_window(path, self.resize, start, end, None, pick, keep)
         except DecodeError as exc:
             raise RuntimeError(f"{path}: {exc}") from None
         return torch.from_numpy(decoded.frames)  # (T, H, W, 3) uint8

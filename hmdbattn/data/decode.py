@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -51,6 +51,11 @@ _MAX_THREADS = 4
 # Which frames of a window to keep: given the window's frame times (seconds) and its frame
 # rate, the positions (indices into the window, repeats allowed) of the frames to return.
 Pick = Callable[[np.ndarray, float], np.ndarray]
+# Which frames to hold while a window decodes, before `Pick` can run: given a frame's position
+# in the window and the seconds of the window's first frame, whether it may be picked. The
+# others are dropped at once: every decoder frame held is a buffer FFmpeg allocates afresh,
+# which cost ~10% of a 2 s window's decode when all 60 frames were held (measured).
+Keep = Callable[[int, float], bool]
 
 
 class DecodeError(Exception):
@@ -182,25 +187,6 @@ class _Reader:
         self._origin = _start_pts(stream)
         self._time_base = float(stream.time_base) if stream.time_base else 0.0
         self._last_time: float | None = None
-        self.rotation: int | None = None  # degrees, set by the first frame upright() turns
-
-    def upright(self, frame: VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-        """The frame as RGB, resized to `size` (upright height, width), then turned upright.
-
-        Every frame is turned as the first one was, so that all have the same shape.
-        """
-        if self.rotation is None:
-            self.rotation = 90 * _quarter_turns(frame.rotation)
-        turns = self.rotation // 90
-        height, width = size if size is not None else (None, None)  # None: keep the size
-        if turns % 2:  # swscale works on the coded frame: a quarter turn swaps the sides
-            height, width = width, height
-        # threads=1: PyAV 18 defaults swscale to automatic threads, set up again for every
-        # frame, which made small frames ~50x slower to convert (measured).
-        array = frame.to_ndarray(width=width, height=height, format="rgb24", threads=1)
-        # np.rot90 turns counter-clockwise, as the display matrix's angle counts; the view is
-        # copied by the np.stack in decode_video.
-        return np.rot90(array, turns) if turns else array
 
     def seek(self, seconds: float) -> bool:
         """Seek to the keyframe at or before `seconds`; False when the container cannot."""
@@ -248,6 +234,141 @@ class _Reader:
         return seconds
 
 
+def _upright(frame: VideoFrame, size: tuple[int, int] | None, rotation: int) -> np.ndarray:
+    """The frame as RGB, resized to `size` (upright height, width), then turned by `rotation`.
+
+    `rotation` is the first frame's (degrees), so that every frame of a video has one shape.
+    """
+    turns = rotation // 90
+    height, width = size if size is not None else (None, None)  # None: keep the size
+    if turns % 2:  # swscale works on the coded frame: a quarter turn swaps the sides
+        height, width = width, height
+    # threads=1: PyAV 18 defaults swscale to automatic threads, set up again for every frame,
+    # which made small frames ~50x slower to convert (measured).
+    array = frame.to_ndarray(width=width, height=height, format="rgb24", threads=1)
+    # np.rot90 turns counter-clockwise, as the display matrix's angle counts; the view is
+    # copied by the np.stack in Frames.take.
+    return np.rot90(array, turns) if turns else array
+
+
+class Frames:
+    """The frames of a video (or a window of it), each converted on first use.
+
+    Converting a frame (swscale resize and RGB) costs about as much as decoding it, and a clip
+    keeps 16 of a 2 s window's 60 frames: holding the decoder's frames and converting only the
+    ones asked for (`take`) saves most of that. A held frame stays at the coded size in the
+    decoder's pixel format until it is converted; then only the RGB array is kept. Made by
+    `decode_frames`.
+    """
+
+    def __init__(self, size: tuple[int, int] | None) -> None:
+        self.size = size  # upright (height, width) to resize to; None keeps the size
+        self.fps = _FALLBACK_FPS  # the window's rate (set once decoding ends)
+        self.warning: str | None = None  # set when the file is damaged but frames were recovered
+        self.rotation = 0  # degrees counter-clockwise the frames are turned to stand upright
+        self._pending: list[VideoFrame | None] = []  # None once converted or dropped
+        self._dropped: set[int] = set()  # positions `decode_frames`' `keep` refused
+        self._converted: dict[int, np.ndarray] = {}
+        self._times: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def times(self) -> np.ndarray:
+        """(N,) seconds of each frame from the stream's first timestamp (VFR: uneven)."""
+        return np.asarray(self._times, dtype=np.float64)
+
+    def add(self, seconds: float, frame: VideoFrame, convert: bool, held: bool = True) -> None:
+        """Append a decoded frame; `convert` converts it now and drops the decoder's copy.
+
+        A frame not `held` keeps only its time: it can no longer be taken.
+        """
+        if not self._pending:  # every frame is turned as the first one is
+            self.rotation = 90 * _quarter_turns(frame.rotation)
+        self._times.append(seconds)
+        self._pending.append(frame if held else None)
+        if not held:
+            self._dropped.add(len(self._pending) - 1)
+        elif convert:
+            self._convert(len(self._pending) - 1)
+
+    def holds(self, positions: Sequence[int] | np.ndarray) -> bool:
+        """Whether every frame at `positions` can be taken (none was dropped)."""
+        return not self._dropped.intersection(int(p) for p in positions)
+
+    def _convert(self, position: int) -> np.ndarray:
+        array = self._converted.get(position)
+        if array is None:
+            frame = self._pending[position]
+            if frame is None:  # a caller's mistake: check `holds` first
+                raise ValueError(f"frame {position} was dropped while decoding")
+            try:
+                array = _upright(frame, self.size, self.rotation)
+            except av.error.FFmpegError as exc:  # e.g. swscale refusing a broken frame size
+                raise DecodeError(f"corrupt: {_reason(exc)}") from None
+            self._converted[position] = array
+            self._pending[position] = None
+        return array
+
+    def take(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The frames at `positions` (repeats allowed) as (len, H, W, 3) uint8 RGB, upright.
+
+        Each frame is converted once, the first time it is asked for. Raises DecodeError when
+        FFmpeg cannot convert one (a damaged frame).
+        """
+        return np.stack([self._convert(int(p)) for p in positions])
+
+    def decoded(self, positions: Sequence[int] | np.ndarray) -> Decoded:
+        """The frames at `positions` as a `Decoded` (`start` and `fps` stay the window's)."""
+        picked = np.asarray(positions, dtype=np.int64)
+        times = self.times
+        frames = self.take(picked)
+        return Decoded(
+            frames, self.fps, float(times[0]), self.warning, self.rotation, times[picked]
+        )
+
+
+def decode_frames(
+    path: Path,
+    size: tuple[int, int] | None = None,
+    start: float = 0.0,
+    end: float | None = None,
+    threads: int | None = None,
+    hold: bool = True,
+    keep: Keep | None = None,
+) -> Frames:
+    """Decode the frames of `path` with timestamps in ``[start, end)`` seconds, unconverted.
+
+    As `decode_video`, but the frames are converted (resized to `size`, RGB, upright) only when
+    `Frames.take` asks for them. ``hold=False`` converts each frame as it decodes and drops the
+    decoder's copy: memory then follows the converted size (a whole video at a small `size`).
+    With `keep`, the frames it refuses are dropped as they decode (their times stay).
+    Raises DecodeError when the file cannot be opened or not one frame in the window decodes.
+    """
+    path = Path(path)
+    container, stream = _open(path)
+    with container:
+        stream.thread_type = "AUTO"
+        whole = start <= 0 and end is None
+        stream.codec_context.thread_count = threads or decoder_threads(whole)
+        reader = _Reader(container, stream)
+        frames = Frames(size)
+        try:
+            first = None
+            for seconds, frame in _window(reader, start, end):
+                first = seconds if first is None else first
+                held = keep is None or keep(len(frames), first)
+                frames.add(seconds, frame, convert=not hold, held=held)
+        except av.error.FFmpegError as exc:  # e.g. swscale refusing a broken frame size
+            raise DecodeError(f"corrupt: {_reason(exc)}") from None
+        if not len(frames):
+            raise DecodeError(_no_frames_reason(reader, start, end))
+        frames.fps = _fps(stream, frames.times.tolist())
+        frames.warning = _warning(reader, stream, len(frames), whole)
+        return frames
+
+
 def decode_video(
     path: Path,
     size: tuple[int, int] | None = None,
@@ -267,57 +388,12 @@ def decode_video(
     cannot be opened or not one frame in the window decodes; see the module docstring for
     damaged files.
     """
-    path = Path(path)
-    container, stream = _open(path)
-    with container:
-        stream.thread_type = "AUTO"
-        whole = start <= 0 and end is None
-        stream.codec_context.thread_count = threads or decoder_threads(whole)
-        reader = _Reader(container, stream)
-        try:
-            window, times, arrays = _frames(reader, stream, size, (start, end), pick)
-        except av.error.FFmpegError as exc:  # e.g. swscale refusing a broken frame size
-            raise DecodeError(f"corrupt: {_reason(exc)}") from None
-        if not window:
-            raise DecodeError(_no_frames_reason(reader, start, end))
-        fps = _fps(stream, window)
-        warning = _warning(reader, stream, len(window), whole)
-        rotation = reader.rotation or 0
-        return Decoded(np.stack(arrays), fps, window[0], warning, rotation, np.asarray(times))
-
-
-def _frames(
-    reader: _Reader,
-    stream: VideoStream,
-    size: tuple[int, int] | None,
-    span: tuple[float, float | None],
-    pick: Pick | None,
-) -> tuple[list[float], list[float], list[np.ndarray]]:
-    """The window's frame times, then the times and upright RGB arrays of the frames returned.
-
-    Without `pick` every frame is converted as it decodes (and its decoder frame dropped at
-    once, so a whole video never holds them all); with it the decoder frames are kept until
-    `pick` says which few to convert.
-    """
+    # Without `pick` every frame is converted as it decodes (and its decoder frame dropped at
+    # once, so a whole video never holds them all at the coded size).
+    frames = decode_frames(path, size, start, end, threads, hold=pick is not None)
     if pick is None:
-        times: list[float] = []
-        arrays: list[np.ndarray] = []
-        for seconds, frame in _window(reader, *span):
-            times.append(seconds)
-            arrays.append(reader.upright(frame, size))
-        return times, times, arrays
-    window = list(_window(reader, *span))
-    times = [seconds for seconds, _ in window]
-    if not window:
-        return [], [], []
-    positions = pick(np.asarray(times), _fps(stream, times)).tolist()
-    # Turn every frame as the window's first frame is turned, as a full decode does.
-    reader.rotation = 90 * _quarter_turns(window[0][1].rotation)
-    converted: dict[int, np.ndarray] = {}
-    for position in positions:
-        if position not in converted:  # a repeated frame is converted once
-            converted[position] = reader.upright(window[position][1], size)
-    return times, [times[p] for p in positions], [converted[p] for p in positions]
+        return frames.decoded(np.arange(len(frames)))
+    return frames.decoded(pick(frames.times, frames.fps))
 
 
 def decoder_threads(whole: bool = True) -> int:
