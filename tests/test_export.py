@@ -223,10 +223,12 @@ def test_bad_export_requests_are_one_line(capsys, checkpoints: dict, tmp_path: P
         (("--checkpoint", state_dict), "not an hmdbattn checkpoint"),
         (("--checkpoint", ckpt, "--frames", "0"), "--frames 0: a clip needs at least 1 frame"),
         (("--checkpoint", ckpt, "--format", "tflite"), "--format 'tflite' is not known"),
+        (("--checkpoint", ckpt, "--format", "torchscript", "--out", ckpt), "checkpoint itself"),
     ]
+    before = file_sha256(ckpt)
     for args, message in cases:
         assert message in _refused(capsys, "export", *args)
-    assert not list(tmp_path.glob("*.onnx*"))
+    assert not list(tmp_path.glob("*.onnx*")) and file_sha256(ckpt) == before
 
 
 def _copy_export(source: Path, target: Path, blob: bytes | None = None, **changes) -> Path:

@@ -86,6 +86,8 @@ def export_checkpoint(
     scorer = TorchScorer.from_checkpoint(checkpoint, torch.device("cpu"))
     data = scorer.data.model_copy(update={"num_frames": frames or scorer.data.num_frames})
     out = out if out is not None else checkpoint.with_name(checkpoint.stem + SUFFIXES[fmt])
+    if out.resolve() == checkpoint.resolve():
+        raise UserError(f"--out {out} is the checkpoint itself: name another file")
     shape = (3, data.num_frames, data.crop_size, data.crop_size)
     model = scorer.model
     with _export_errors(checkpoint, data.num_frames):

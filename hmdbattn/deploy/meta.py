@@ -30,7 +30,7 @@ FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 INPUT_NAME, OUTPUT_NAME = "clips", "logits"
 LAYOUT = "B, C, T, H, W"  # float32, normalised; C is R, G, B
-EXPORT_HINT = "export it again with `hmdbattn export --checkpoint best.pt`"
+EXPORT_HINT = "make one with `hmdbattn export --checkpoint best.pt`"
 
 
 class TensorInfo(BaseModel):
