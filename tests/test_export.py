@@ -89,6 +89,7 @@ def _video_clips(video: Path, data: DataConfig) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("head", HEADS)
 def test_export_logits_equal_pytorch_at_batch_1_and_4(
