@@ -257,7 +257,8 @@ def test_files_that_are_not_our_export_are_one_line(
     not_json = _copy_export(onnx_model, tmp_path / "not_json.onnx")
     meta_path(not_json).write_text("{ not json")
     stale = _copy_export(onnx_model, tmp_path / "stale.onnx")
-    stale.write_bytes(ts_model.read_bytes())  # the model replaced, its JSON not
+    # The model replaced by another export of the same shapes and classes, its JSON not.
+    stale.write_bytes(exports["perceiver", "onnx"].read_bytes())
     cases = {
         tmp_path / "missing.onnx": "missing.onnx: file not found",
         random_onnx: "random.onnx.json is not beside it",
