@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from hmdbattn import __version__
+from hmdbattn.config import DataConfig
 from hmdbattn.deploy.meta import (
     FORMATS,
     INPUT_NAME,
@@ -98,8 +99,22 @@ def export_checkpoint(
             f"{checkpoint}: the {fmt} export differs from the PyTorch model by {diff:.2g} "
             f"(more than {TOLERANCE:g}); nothing was written"
         )
-    info = ExportInfo(
-        model_format=fmt,  # checked against FORMATS above
+    info = _describe(checkpoint, scorer, data, fmt, out, blob)
+    meta = meta_path(out)
+    with os_errors(out, "write"):
+        atomic_write_bytes(out, blob, sync=True)
+        atomic_write_text(meta, info.model_dump_json(indent=2) + "\n", sync=True)
+    return Exported(out, meta, info, diff, time.perf_counter() - started)
+
+
+def _describe(
+    checkpoint: Path, scorer: TorchScorer, data: DataConfig, fmt: str, out: Path, blob: bytes
+) -> ExportInfo:
+    """The JSON of the export `blob` of `scorer`'s model, for clips of `data`, written to `out`."""
+    shape = ["batch", 3, data.num_frames, data.crop_size, data.crop_size]
+    model = scorer.model
+    return ExportInfo(
+        model_format=fmt,  # checked against FORMATS by check_request
         model_file=out.name,
         model_sha256=hashlib.sha256(blob).hexdigest(),
         classes=scorer.classes,
@@ -112,7 +127,7 @@ def export_checkpoint(
         mean=data.mean,
         std=data.std,
         batch_size=scorer.batch_size,
-        input=TensorInfo(name=INPUT_NAME, shape=["batch", *shape]),
+        input=TensorInfo(name=INPUT_NAME, shape=shape),
         output=TensorInfo(name=OUTPUT_NAME, shape=["batch", len(scorer.classes)]),
         head="perceiver" if isinstance(getattr(model, "head", None), PerceiverHead) else "pool",
         opset=OPSET if fmt == "onnx" else None,
@@ -121,11 +136,6 @@ def export_checkpoint(
         hmdbattn_version=__version__,
         checkpoint=str(checkpoint),
     )
-    meta = meta_path(out)
-    with os_errors(out, "write"):
-        atomic_write_bytes(out, blob, sync=True)
-        atomic_write_text(meta, info.model_dump_json(indent=2) + "\n", sync=True)
-    return Exported(out, meta, info, diff, time.perf_counter() - started)
 
 
 @contextlib.contextmanager
