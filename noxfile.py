@@ -36,9 +36,10 @@ def bench(session: nox.Session) -> None:
 
     On a GPU machine run `bash benchmarks/gpu.sh` instead (figures under $OUT).
     """
-    session.install("-e", ".")
+    session.install("-e", ".[onnx]")  # benchmarks/export.py runs ONNX Runtime
     session.run("python", "benchmarks/loader.py")
     session.run("python", "benchmarks/train_step.py", "--device", "cpu")
     session.run("python", "benchmarks/eval_step.py", "--device", "cpu")
     session.run("python", "benchmarks/pretrain_step.py", "--device", "cpu")
     session.run("python", "benchmarks/predict.py")
+    session.run("python", "benchmarks/export.py")

@@ -103,7 +103,7 @@ from hmdbattn.data.video import open_video
 from hmdbattn.predict import Predictor, plan_windows
 predictor = Predictor.from_checkpoint(CKPT)
 t3 = time.perf_counter()
-d = predictor.config.data
+d = predictor.data
 video = open_video(VIDEO, d)
 clips = [c for w in plan_windows(video.video_frames, video.fps, d) for c in w.clips]
 frames = list(video.clips(clips, d.num_frames))

@@ -1,8 +1,12 @@
 """Predict the actions in video files with a trained checkpoint (``hmdbattn predict``).
 
-Everything comes from the checkpoint: the model, the class names and the preprocessing (resize,
-crop, frames per clip, clip duration, mean/std, evaluation crops), so no dataset or config file
-is needed. The model is loaded once and used for every file. Reading the videos (geometry,
+Everything comes from the checkpoint, or from the JSON beside an exported model: the model, the
+class names and the preprocessing (resize, crop, frames per clip, clip duration, mean/std,
+evaluation crops), so no dataset or config file is needed. The model is loaded once and used for
+every file. It is a `Scorer`, the one part that differs between kinds of model: `TorchScorer`
+for a checkpoint (or a TorchScript export), `deploy.runtime.OnnxScorer` for an ONNX export;
+windows, clips, results and timeline are this module's for all of them, and this module loads
+torch only when a PyTorch model is used. Reading the videos (geometry,
 whole or chunked decoding, variable frame rates) is `data.video`'s; the timeline of segments
 is `timeline`'s; the explanation pictures are `explain`'s.
 
@@ -33,21 +37,20 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
-from hmdbattn.checkpoint import load_checkpoint
-from hmdbattn.config import Config, DataConfig, load_config
+from hmdbattn.config import DataConfig, load_config
 from hmdbattn.data.clips import Span, cover, slide, slide_count, window_frames
 from hmdbattn.data.decode import DecodeError
-from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.data.video import MEMORY_BUDGET, Chunked, InMemory, open_video
 from hmdbattn.errors import UserError
-from hmdbattn.models.classifier import VideoClassifier, model_from_checkpoint
 from hmdbattn.timeline import Segment, segments
+
+if TYPE_CHECKING:  # torch is imported where a PyTorch model is used, see TorchScorer
+    import torch
+    from torch import nn
 
 DEFAULT_TOP_K = 5
 # Windows of one video at most: a timeline of hours of video at a one-second stride fits, while
@@ -226,12 +229,94 @@ class VideoPrediction:
 
 
 # ---------------------------------------------------------------------------------------------
+# Scorers: the one part that differs between a checkpoint and an exported model
+
+
+class Scorer(Protocol):
+    """Turns a batch of clips into class probabilities; everything else is `Predictor`'s.
+
+    `TorchScorer` runs a PyTorch model (a checkpoint's, or a TorchScript export);
+    `hmdbattn.deploy.runtime.OnnxScorer` an ONNX Runtime session, without torch.
+    """
+
+    classes: list[str]
+    data: DataConfig  # the clip geometry: frames, duration, resize, crops, mean / std
+    batch_size: int  # clips per call of `probabilities`
+
+    def probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, K) probabilities of B (T, H, W, 3) uint8 clips, mean softmax over crops."""
+        ...
+
+
+class TorchScorer:
+    """A PyTorch model as a `Scorer`: the evaluation transform, a forward, softmax over crops.
+
+    torch is imported here rather than at the top of the module, so that predicting with an
+    ONNX export (which shares the rest of this module) never loads it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        classes: Sequence[str],
+        data: DataConfig,
+        device: torch.device | None = None,
+        batch_size: int = 8,
+        amp: str = "off",
+    ) -> None:
+        import torch
+
+        from hmdbattn.data.transforms import VideoTransform
+
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device).eval()
+        self.classes = list(classes)
+        self.data = data
+        self.batch_size = batch_size
+        self.amp = amp
+        self.transform = VideoTransform.from_config(data, "eval")
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: torch.device | None = None) -> TorchScorer:
+        """The model of one of our checkpoints; anything else is refused with a UserError."""
+        from hmdbattn.checkpoint import load_checkpoint
+        from hmdbattn.models.classifier import model_from_checkpoint
+
+        ckpt = load_checkpoint(Path(path))
+        try:
+            # The checkpoint's own config (evaluate.checkpoint_config without overrides),
+            # without importing the evaluation machinery.
+            config = load_config(None, None, base=ckpt["config"], base_name=str(path))
+            classes = list(ckpt["classes"])
+            model = model_from_checkpoint(ckpt, config, path)
+        except (KeyError, TypeError, RuntimeError) as exc:
+            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+            raise UserError(f"{path}: damaged checkpoint ({reason[:200]})") from None
+        return cls(model, classes, config.data, device, config.eval.batch_size, config.train.amp)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from hmdbattn.engine.evaluate import autocast  # CUDA only: spares the CPU the import
+
+        return autocast(self.device, self.amp)
+
+    def probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, K) probabilities of B (T, H, W, 3) uint8 clips, mean softmax over crops."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack(clips)).to(self.device)  # (B, T, H, W, 3) uint8
+            x = self.transform(x)  # (B * views, 3, T, crop, crop)
+            with self._autocast():
+                logits = self.model(x).float()
+            # (B * views, K) -> (B, views, K): a clip's crops are adjacent
+            probs = logits.softmax(dim=-1).view(len(clips), self.transform.views, -1).mean(1)
+            return probs.cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
 # The predictor
-
-
-def default_device() -> torch.device:
-    """The first GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _batches(items: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -246,57 +331,39 @@ def _batches(items: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray
 
 
 class Predictor:
-    """A trained model ready to predict video files: loaded once, used for many files."""
+    """A model ready to predict video files: loaded once, used for many files.
 
-    def __init__(
-        self,
-        model: nn.Module,
-        classes: Sequence[str],
-        config: Config,
-        device: torch.device | None = None,
-        memory_budget: int = MEMORY_BUDGET,
-    ) -> None:
-        self.device = device or default_device()
-        self.model = model.to(self.device).eval()
-        self.classes = list(classes)
-        self.config = config
-        self.transform = VideoTransform.from_config(config.data, "eval")
+    The model is a `Scorer`: a checkpoint's (`from_checkpoint`) or an export's (`from_export`);
+    windows, clips, results and the timeline are the same for both.
+    """
+
+    def __init__(self, scorer: Scorer, memory_budget: int = MEMORY_BUDGET) -> None:
+        self.scorer = scorer
         self.memory_budget = memory_budget
+
+    @property
+    def classes(self) -> list[str]:
+        return self.scorer.classes
+
+    @property
+    def data(self) -> DataConfig:
+        return self.scorer.data
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: torch.device | None = None) -> Predictor:
         """The model of one of our checkpoints; anything else is refused with a UserError."""
-        ckpt = load_checkpoint(Path(path))
-        try:
-            # The checkpoint's own config (evaluate.checkpoint_config without overrides),
-            # without importing the evaluation machinery.
-            config = load_config(None, None, base=ckpt["config"], base_name=str(path))
-            classes = list(ckpt["classes"])
-            model = model_from_checkpoint(ckpt, config, path)
-        except (KeyError, TypeError, RuntimeError) as exc:
-            reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
-            raise UserError(f"{path}: damaged checkpoint ({reason[:200]})") from None
-        return cls(model, classes, config, device)
+        return cls(TorchScorer.from_checkpoint(path, device))
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        from hmdbattn.engine.evaluate import autocast  # CUDA only: spares the CPU the import
+    @classmethod
+    def from_export(cls, path: Path) -> Predictor:
+        """A model `hmdbattn export` wrote (ONNX or TorchScript); anything else is refused."""
+        from hmdbattn.deploy.runtime import load_scorer
 
-        return autocast(self.device, self.config.train.amp)
+        return cls(load_scorer(Path(path)))
 
-    @torch.inference_mode()
     def score(self, clips: Iterable[np.ndarray]) -> np.ndarray:
         """Class probabilities of each (T, H, W, 3) uint8 clip, mean over crops: (N, K)."""
-        rows = []
-        for batch in _batches(clips, self.config.eval.batch_size):
-            x = torch.from_numpy(np.stack(batch)).to(self.device)  # (B, T, H, W, 3) uint8
-            x = self.transform(x)  # (B * views, 3, T, crop, crop)
-            with self._autocast():
-                logits = self.model(x).float()
-            # (B * views, K) -> (B, views, K): a clip's crops are adjacent
-            probs = logits.softmax(dim=-1).view(len(batch), self.transform.views, -1).mean(1)
-            rows.append(probs.cpu().numpy())
+        rows = [self.scorer.probabilities(b) for b in _batches(clips, self.scorer.batch_size)]
         return np.concatenate(rows) if rows else np.empty((0, len(self.classes)), np.float32)
 
     def predict(
@@ -313,7 +380,7 @@ class Predictor:
         """
         check_windows(window, stride)
         path = Path(path)
-        data = self.config.data
+        data = self.data
         video = open_video(path, data, self.memory_budget)
         plan = plan_windows(video.video_frames, video.fps, data, window, stride)
         clips = [clip for w in plan for clip in w.clips]
@@ -339,7 +406,7 @@ class Predictor:
         found: list[int] = []
 
         def decodable() -> Iterator[np.ndarray]:
-            for i, frames in enumerate(video.clips(clips, self.config.data.num_frames)):
+            for i, frames in enumerate(video.clips(clips, self.data.num_frames)):
                 if frames is not None:
                     found.append(i)
                     yield frames
@@ -375,15 +442,17 @@ class Predictor:
     ) -> Path:
         """Draw the map of the clip that most supports the video's top class, to `out`."""
         from hmdbattn import explain  # PIL and drawing: only when asked for
+        from hmdbattn.models.classifier import VideoClassifier
 
-        if not isinstance(self.model, VideoClassifier):
-            raise UserError("explanations need an hmdbattn VideoClassifier")
+        scorer = self.scorer
+        if not isinstance(scorer, TorchScorer) or not isinstance(scorer.model, VideoClassifier):
+            raise UserError("--explain needs --checkpoint: maps are drawn from the PyTorch model")
         assert result.probabilities is not None
         target = int(result.probabilities.argmax())
         best = int(np.nanargmax(probs[:, target]))
-        frames = next(video.clips([clips[best]], self.config.data.num_frames))
+        frames = next(video.clips([clips[best]], self.data.num_frames))
         assert frames is not None  # it decoded for scoring, so it decodes again
-        found = explain.explain_clip(self.model, self.transform, frames, target, self.device)
+        found = explain.explain_clip(scorer.model, scorer.transform, frames, target, scorer.device)
         span = clips[best]
         title = (
             f"{self.classes[target]} {result.probabilities[target]:.2f} | clip "

@@ -336,3 +336,20 @@ def test_gpu_summary_gathers_the_pretrain_rows(
         rf"tokens/train {NUMBER}x",
         ratios,
     ), ratios
+
+
+def test_export_prints_latency_cold_start_and_ratios() -> None:
+    """benchmarks/export.py at the tiny size, one head, one round."""
+    stdout = run_script("export.py", "--tiny", "--heads", "pool", "--repeats", "1", timeout=300)
+    for pattern in (
+        rf"== pool: 1 blocks, 4x16x16, 51 classes; ONNX {NUMBER} MiB, exported in {NUMBER} s",
+        *(rf"{r} +batch {b}: +{NUMBER} ms/clip wall" for r in ("PyTorch", "ONNX Runtime")
+          for b in (1, 4)),
+        rf"predict --checkpoint best.pt +{NUMBER} s",
+        rf"predict --model best.onnx +{NUMBER} s",
+    ):  # fmt: skip
+        assert re.search(pattern, stdout), f"no {pattern!r} in:\n{stdout}"
+    line = ratio_line(stdout)
+    for name in ("pool latency torch/onnx b1", "pool latency torch/onnx b4",
+                 "pool cold start checkpoint/onnx"):  # fmt: skip
+        assert re.search(rf"{re.escape(name)} {NUMBER}x", line), line

@@ -35,7 +35,7 @@ from hmdbattn.explain import (
     strip_size,
 )
 from hmdbattn.models.classifier import build_model
-from hmdbattn.predict import Predictor, VideoPrediction, WindowResult, plan_windows
+from hmdbattn.predict import Predictor, TorchScorer, VideoPrediction, WindowResult, plan_windows
 from hmdbattn.timeline import segments
 
 CPU = torch.device("cpu")
@@ -295,7 +295,7 @@ def test_long_video_read_in_chunks_matches_decoding_it_whole(
     predictor = Predictor.from_checkpoint(checkpoints["perceiver"], CPU)
     whole = predictor.predict(path, window=1.0, stride=0.5)
     predictor.memory_budget = 20 * 24 * 32 * 3  # 20 frames at a time
-    assert isinstance(open_video(path, predictor.config.data, predictor.memory_budget), Chunked)
+    assert isinstance(open_video(path, predictor.data, predictor.memory_budget), Chunked)
     chunked = predictor.predict(path, window=1.0, stride=0.5)
     assert len(chunked.windows) == len(whole.windows) == 11
     for a, b in zip(chunked.windows, whole.windows, strict=True):
@@ -518,7 +518,8 @@ def test_timeline_finds_the_switch_of_a_concatenated_video(tmp_path: Path) -> No
     path = write_video(tmp_path / "two.mp4", np.concatenate([first, second]), fps=FPS)
     switch, stride = 3.0, 0.5
     config = load_config(None, TINY)
-    predictor = Predictor(MeanColour(), ["red_move_right", "blue_grow"], config, CPU)
+    classes = ["red_move_right", "blue_grow"]
+    predictor = Predictor(TorchScorer(MeanColour(), classes, config.data, CPU))
     result = predictor.predict(path, window=1.0, stride=stride)
     timeline = result.timeline()
     assert [s.label for s in timeline] == ["red_move_right", "blue_grow"]
@@ -567,7 +568,9 @@ def test_map_kinds_follow_the_head(checkpoints: dict, videos: Path) -> None:
     clip = moving_square_frames(4, 24, 32)
     for name, kind in (("perceiver", "attention"), ("pool", "cam")):
         predictor = Predictor.from_checkpoint(checkpoints[name], CPU)
-        found = explain_clip(predictor.model, predictor.transform, clip, 0)  # type: ignore[arg-type]
+        scorer = predictor.scorer
+        assert isinstance(scorer, TorchScorer)
+        found = explain_clip(scorer.model, scorer.transform, clip, 0)  # type: ignore[arg-type]
         assert found.kind == kind
         assert found.frames.shape == (4, 16, 16, 3) and found.heat.shape == (4, 16, 16)
         assert found.heat.min() == 0.0 and found.heat.max() == 1.0

@@ -44,6 +44,7 @@ def _register() -> None:
         config,
         download,
         eval,
+        export,
         extract_features,
         predict,
         preprocess,

@@ -26,8 +26,18 @@ def predict(
     videos: list[Path] = typer.Argument(
         ..., help="Video files (anything FFmpeg decodes).", show_default=False
     ),
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", help="A checkpoint of `hmdbattn train` (best.pt / last.pt)."
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="A checkpoint of `hmdbattn train` (best.pt / last.pt).",
+        show_default=False,
+    ),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="Instead of --checkpoint: a model of `hmdbattn export` (.onnx runs on ONNX "
+        "Runtime without torch; .torchscript.pt), its JSON beside it.",
+        show_default=False,
     ),
     top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", min=1, help="Classes to list per video."),
     window: float | None = typer.Option(
@@ -47,18 +57,24 @@ def predict(
     ),
     json_out: bool = JsonOption,
 ) -> None:
-    """Predict the action in video files with a trained checkpoint.
+    """Predict the action in video files with a trained checkpoint or an exported model.
 
-    Class names and preprocessing come from the checkpoint. The video-level answer is the mean
+    Class names and preprocessing come from the checkpoint, or from the JSON beside a model of
+    `hmdbattn export` (--model). The video-level answer is the mean
     softmax over windows: by default the evaluation windows (clip_duration each, covering the
     video); --window/--stride scan the video and add a timeline. A file that cannot be read is
     reported on stderr and the others are still answered; the exit code is then 1.
     """
     from hmdbattn.predict import Predictor, check_windows
 
+    _check_model_options(checkpoint, model, explain)
     check_windows(window, stride)
     outputs = explain_paths(videos, explain) if explain is not None else None
-    predictor = Predictor.from_checkpoint(checkpoint)
+    if model is not None:
+        predictor = Predictor.from_export(model)
+    else:
+        assert checkpoint is not None  # _check_model_options: one of the two
+        predictor = Predictor.from_checkpoint(checkpoint)
     timeline = window is not None or stride is not None
     results = []
     for result in predictor.predict_all(videos, window, stride, outputs):
@@ -68,9 +84,21 @@ def predict(
             _print_result(result, top_k, timeline)
     if json_out:
         rows = [r.to_dict(top_k, windows=timeline) for r in results]
-        print_json({"checkpoint": str(checkpoint), "results": rows})
+        source = {"model": str(model)} if model is not None else {"checkpoint": str(checkpoint)}
+        print_json({**source, "results": rows})
     if any(r.error is not None for r in results):
         raise typer.Exit(1)
+
+
+def _check_model_options(checkpoint: Path | None, model: Path | None, explain: Path | None):
+    """Exactly one of --checkpoint and --model; --explain only with a checkpoint."""
+    if (checkpoint is None) == (model is None):
+        raise UserError(
+            "give --checkpoint (a checkpoint of `hmdbattn train`) or --model (a model of "
+            "`hmdbattn export`): " + ("not both" if model is not None else "neither was given")
+        )
+    if model is not None and explain is not None:
+        raise UserError("--explain needs --checkpoint: maps are drawn from the PyTorch model")
 
 
 def _report_problems(result: VideoPrediction) -> None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch only for training clips: predicting with ONNX Runtime never loads it
+    import torch
 
 # Frame positions are floats (2 s at 29.97 fps is 59.94 frames): compare them with a tolerance.
 _EPS = 1e-6
@@ -67,6 +69,8 @@ def train_clip_indices(
     """
     _check(video_frames, fps, clip_duration, num_frames)
     length = window_frames(fps, clip_duration)
+    import torch
+
     # Draw even for short videos so that the generator advances the same way for every video.
     u = float(torch.rand((), generator=generator))
     if video_frames <= length:
