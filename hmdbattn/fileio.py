@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -130,3 +131,29 @@ def os_errors(path: Path, doing: str, hint: str = "") -> Iterator[None]:
         yield
     except OSError as exc:
         raise UserError(f"cannot {doing} {path}: {exc.strerror or exc}{hint}") from None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, lock_name: str, what: str) -> Iterator[None]:
+    """Hold `folder`'s lock file for the block; a UserError naming the process that holds it.
+
+    An ``flock``: the kernel releases it when its holder exits, however it dies, so a killed
+    run never leaves a stale lock. The lock file stays (removing it would race a new run).
+    `what` names the folder and its writer in the message, e.g. ``"cache X ... preprocess"``.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / lock_name, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise UserError(
+                f"{what} (pid {holder}) is writing it; wait for it to finish (or stop it), "
+                "then rerun"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)

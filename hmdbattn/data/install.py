@@ -7,6 +7,7 @@ more with ``force`` (complete files are kept) and the dataset is verified again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from hmdbattn.data.verify import (
 
 @dataclass
 class Installed:
-    """What `install_hmdb51` did: archives fetched, extractions, and the final verification."""
+    """What an install did: archives fetched, extractions, and the final verification."""
 
     root: Path
     fetched: list[FetchResult]
@@ -85,13 +86,7 @@ def install_hmdb51(
             extract_videos(archives[VIDEOS_ARCHIVE], root, force=force),
         ]
 
-    extracted = extract(force=False)
-    result = verify_dataset(root, expected)
-    if not result.ok and any(e.skipped for e in extracted):
-        # Extracted earlier, but files went missing since: extract again (complete files stay).
-        extracted = extract(force=True)
-        result = verify_dataset(root, expected)
-    return Installed(root, fetched, extracted, result)
+    return _extract_verified(root, fetched, extract, lambda: verify_dataset(root, expected))
 
 
 def install_ucf101(
@@ -115,9 +110,20 @@ def install_ucf101(
             extract_ucf101_videos(archives[UCF101_VIDEOS_ARCHIVE], root, force=force),
         ]
 
-    extracted = extract(force=False)
-    result = verify_ucf101(root, expected)
+    return _extract_verified(root, fetched, extract, lambda: verify_ucf101(root, expected))
+
+
+def _extract_verified(
+    root: Path,
+    fetched: list[FetchResult],
+    extract: Callable[[bool], list[ExtractResult]],
+    verify: Callable[[], VerifyResult],
+) -> Installed:
+    """Extract (skipping finished extractions), verify, and once more with force if needed."""
+    extracted = extract(False)
+    result = verify()
     if not result.ok and any(e.skipped for e in extracted):
-        extracted = extract(force=True)  # files lost since the first extraction
-        result = verify_ucf101(root, expected)
+        # Extracted earlier, but files went missing since: extract again (complete files stay).
+        extracted = extract(True)
+        result = verify()
     return Installed(root, fetched, extracted, result)

@@ -24,7 +24,6 @@ changed video file under the same name is not detected (delete its cache file to
 from __future__ import annotations
 
 import ctypes
-import fcntl  # POSIX: the cache lock is an flock
 import json
 import multiprocessing
 import os
@@ -59,6 +58,7 @@ from hmdbattn.data.decode import DecodeError, decode_video
 from hmdbattn.data.formats import index_dataset
 from hmdbattn.data.hmdb51 import DatasetIndex, Video, splits_dir, videos_dir
 from hmdbattn.errors import UserError
+from hmdbattn.fileio import folder_lock
 from hmdbattn.report import progress
 
 # The manifest is rewritten after this many finished videos or seconds, whichever comes first:
@@ -333,27 +333,9 @@ def check_cache_location(root: Path, cache_dir: Path, protected: list[Path] | No
 
 @contextmanager
 def cache_lock(cache_dir: Path) -> Iterator[None]:
-    """Hold the cache folder's lock for the block; a UserError naming the run that holds it.
-
-    An ``flock``: the kernel releases it when its holder exits, however it dies, so a killed
-    run never leaves a stale lock. The lock file stays (removing it would race a new run).
-    """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(cache_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise UserError(
-                f"cache {cache_dir} is busy: preprocess (pid {holder}) is writing it; wait for "
-                "it to finish (or stop it), then rerun"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    """Hold the cache folder's lock for the block (`fileio.folder_lock`)."""
+    with folder_lock(cache_dir, LOCK_NAME, f"cache {cache_dir} is busy: preprocess"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _start_manifest(config: Config, index: DatasetIndex) -> Manifest:

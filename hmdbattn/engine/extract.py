@@ -13,8 +13,6 @@ never overwritten. One run at a time: a run holds an ``flock`` on ``<features_di
 
 from __future__ import annotations
 
-import fcntl  # POSIX, as the frame cache's lock
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +41,7 @@ from hmdbattn.data.features import (
 from hmdbattn.data.transforms import VideoTransform
 from hmdbattn.engine.distributed import pick_device
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import os_error_text
+from hmdbattn.fileio import folder_lock, os_error_text
 from hmdbattn.models.classifier import VideoClassifier, build_model, clip_profile
 from hmdbattn.models.init import load_init
 from hmdbattn.report import progress
@@ -136,22 +134,8 @@ def _windows_by_video(dataset: EvalClips) -> dict[int, list[int]]:
 @contextmanager
 def features_lock(folder: Path) -> Iterator[None]:
     """Hold the features folder's lock (an flock: freed however its holder dies)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise UserError(
-                f"{folder} is busy: extract-features (pid {holder}) is writing it; wait for it "
-                "to finish (or stop it), then rerun"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    with folder_lock(folder, LOCK_NAME, f"{folder} is busy: extract-features"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _continue(folder: Path, planned: FeatureManifest) -> None:
