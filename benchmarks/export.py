@@ -35,7 +35,8 @@ import numpy as np
 import onnxruntime
 import torch
 from common import HEADS, Size, head_config, interleaved, parse_list
-from predict import make_clip, time_to_first_output  # benchmarks/predict.py
+from predict import TINY_HEAD as PREDICT_TINY_HEAD  # benchmarks/predict.py
+from predict import make_clip, time_to_first_output
 
 from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_save
 from hmdbattn.config import Config
@@ -45,15 +46,7 @@ from hmdbattn.models.classifier import build_model
 RESEARCH = Size(blocks=8, frames=16, crop=112, batch=1)
 TINY = Size(blocks=1, frames=4, crop=16, batch=1)
 # The test suite's narrow head (tests/conftest.py TINY), for --tiny.
-TINY_HEAD = {
-    "model.num_latents": 8,
-    "model.latent_dim": 32,
-    "model.latent_heads": 2,
-    "model.latent_dim_head": 16,
-    "model.cross_dim_head": 16,
-    "model.num_freq_bands": 2,
-    "data.clip_duration": 1.0,
-}
+TINY_HEAD = {**PREDICT_TINY_HEAD, "data.clip_duration": 1.0}
 NUM_CLASSES = 51
 BATCHES = (1, 4)
 

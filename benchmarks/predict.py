@@ -49,15 +49,19 @@ SMALL_MODEL = {
     "data.num_workers": 0,
     "eval.batch_size": 8,
 }
-# The test suite's tiny model and clips (tests/conftest.py): every step runs, in seconds.
-TINY_MODEL = {
-    **SMALL_MODEL,
+# The test suite's narrow attention head (tests/conftest.py TINY).
+TINY_HEAD = {
     "model.num_latents": 8,
     "model.latent_dim": 32,
     "model.latent_heads": 2,
     "model.latent_dim_head": 16,
     "model.cross_dim_head": 16,
     "model.num_freq_bands": 2,
+}
+# The test suite's tiny model and clips (tests/conftest.py): every step runs, in seconds.
+TINY_MODEL = {
+    **SMALL_MODEL,
+    **TINY_HEAD,
     "data.resize": [24, 32],
     "data.crop_size": 16,
     "data.num_frames": 4,
