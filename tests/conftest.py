@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -75,3 +76,9 @@ def set_args(overrides: dict[str, object]) -> list[str]:
         text = value if isinstance(value, str) else json.dumps(value)
         args += ["--set", f"{key}={text}"]
     return args
+
+
+def default_ctrl_c() -> None:
+    """Popen's preexec_fn: the child acts on SIGINT even when the suite was started with it
+    ignored (e.g. `cmd &` from a script), which it would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

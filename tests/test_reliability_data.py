@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from climain import cli
-from conftest import ROOT, set_args, tiny_overrides
+from conftest import ROOT, default_ctrl_c, set_args, tiny_overrides
 from videofiles import write_avi
 
 from hmdbattn.config import load_config
@@ -107,6 +107,7 @@ def _spawn(root: Path, cache: Path) -> subprocess.Popen[str]:
         text=True,
         env=env,
         start_new_session=True,
+        preexec_fn=default_ctrl_c,
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from climain import cli
-from conftest import set_args, tiny_overrides
+from conftest import default_ctrl_c, set_args, tiny_overrides
 
 from hmdbattn import load_config
 from hmdbattn.checkpoint import load_checkpoint
@@ -437,7 +437,13 @@ main()
 
 def _stalled_train(mode: str, marker: Path, args: list[str], stderr: int = subprocess.DEVNULL):
     command = [sys.executable, "-c", STALL, mode, str(marker), "train", *args]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+        preexec_fn=default_ctrl_c,
+    )
 
 
 def _wait_for(found: Callable[[], bool], proc: subprocess.Popen) -> None:
