@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_overrides
+from PIL import Image
 
 from hmdbattn import load_config
 from hmdbattn.data import cache as cache_module
 from hmdbattn.data import preprocess as preprocess_module
 from hmdbattn.data.cache import (
     CachedVideo,
+    DamagedCacheFile,
     Manifest,
     ManifestEntry,
     cache_file,
@@ -72,6 +75,39 @@ def test_round_trip(cached: Path, frames: np.ndarray) -> None:
     assert video.read([]).shape == (0, 48, 64, 3)
     with pytest.raises(IndexError):
         video.read([40])
+
+
+def test_frames_are_libjpeg_turbos_exact_decode_written_into_the_given_buffer(
+    cached: Path,
+) -> None:
+    video = CachedVideo(cached)
+    indices = [3, 9, 3, 10]
+    blobs = video.read_jpegs([3, 9, 10])
+    # Pillow decodes with libjpeg-turbo's accurate IDCT and fancy upsampling, as the cache
+    # reader must: the reader's frames are those pixels, bit for bit.
+    expected = [np.asarray(Image.open(io.BytesIO(bytes(b))).convert("RGB")) for b in blobs]
+    out = torch.full((4, 48, 64, 3), 7, dtype=torch.uint8)
+    assert video.read(indices, out=out) is out
+    np.testing.assert_array_equal(out.numpy(), np.stack([expected[k] for k in (0, 1, 0, 2)]))
+
+
+def test_a_corrupt_jpeg_is_damage_that_says_to_delete_the_file(
+    cached: Path, tmp_path: Path
+) -> None:
+    video = CachedVideo(cached)
+    bad = tmp_path / "bad.jpgs"
+    data = bytearray(cached.read_bytes())
+    start = int(video.offsets[2])
+    data[start : start + 4] = b"\x00\x00\x00\x00"  # frame 2 no longer starts with SOI
+    bad.write_bytes(bytes(data))
+    damaged = CachedVideo(bad)  # header and size are whole
+    damaged.read([0, 1, 3])
+    with pytest.raises(
+        DamagedCacheFile,
+        match=r"bad\.jpgs: corrupt JPEG data in frame 2 .*"
+        r"delete it, then rerun `hmdbattn preprocess`",
+    ):
+        damaged.read([1, 2])
 
 
 def test_size_and_offsets(cached: Path) -> None:
