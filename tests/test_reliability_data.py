@@ -26,6 +26,7 @@ from videofiles import write_avi
 
 from hmdbattn.config import load_config
 from hmdbattn.data.cache import JOURNAL_NAME, CachedVideo, DamagedCacheFile, load_manifest
+from hmdbattn.data.datasets import build_datasets
 from hmdbattn.data.preprocess import preprocess
 from hmdbattn.report import quiet
 
@@ -193,6 +194,83 @@ def test_training_leaves_out_a_damaged_cache_file_and_names_it(
     name = f"{damaged.parent.name}/{damaged.stem}.avi"
     assert f"{name}: damaged cache file (truncated or damaged header" in err
     assert "rerun `hmdbattn preprocess`" in err
+
+
+def _corrupt_a_frame(cache: Path, subset: int) -> str:
+    """Break one JPEG inside a cache file of a video of `subset` (1 train, 2 test), keeping
+    its header and size whole, as a bad disk might; returns the file's name."""
+    entry = next(e for e in load_manifest(cache).videos if e.split_ids.get(1) == subset)
+    path = cache / "videos" / Path(entry.path).with_suffix(".jpgs")
+    video = CachedVideo(path)
+    data = bytearray(path.read_bytes())
+    for frame in range(video.num_frames):  # every frame: any clip of it meets one
+        start = int(video.offsets[frame])
+        data[start : start + 2] = b"\x00\x00"  # no SOI marker
+    path.write_bytes(bytes(data))
+    return path.name
+
+
+@pytest.mark.slow
+def test_a_training_video_found_corrupt_mid_run_is_named_and_left_out(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_dataset / "cache", cache)
+    name = _corrupt_a_frame(cache, subset=1)
+    sets = tiny_overrides(tiny_dataset, tmp_path / "runs", **{"data.cache_dir": str(cache)})
+    extra = {"train.epochs": 1, "data.num_workers": 1}  # read in a loader worker
+    # A real process: the warning comes from the worker, on the terminal's stderr.
+    done = subprocess.run(
+        [sys.executable, "-m", "hmdbattn", "train", *set_args({**sets, **extra})],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    line = next(line for line in done.stderr.splitlines() if name in line)
+    assert line.startswith("warning: ") and "corrupt JPEG data in frame" in line, line
+    assert line.endswith("rebuild it; left out of training"), line
+
+
+def test_a_video_that_stops_decoding_gives_way_to_the_next_one(
+    capsys: pytest.CaptureFixture[str], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_dataset, root, ignore=shutil.ignore_patterns("cache"))
+    sets = tiny_overrides(root, tmp_path / "runs", **{"data.source": "video"})
+    train = build_datasets(load_config(None, sets)).train
+    victim = root / "videos" / train.videos[0].path
+    victim.write_bytes(victim.read_bytes()[:200])  # damaged after the dataset was built
+    capsys.readouterr()
+    frames, label, number = train[0]
+    assert (number, label) == (1, train.videos[1].label)
+    assert frames.shape == (4, 24, 32, 3)
+    err = capsys.readouterr().err
+    assert f"{victim}: cannot decode the clip's frames" in err and "left out of training" in err
+    train.set_epoch(1)  # a later epoch skips it without trying again
+    assert train[0][2] == 1 and capsys.readouterr().err == ""
+
+
+def test_a_corrupt_test_video_in_a_loader_worker_is_one_line(
+    capsys: pytest.CaptureFixture[str], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_dataset / "cache", cache)
+    runs = tmp_path / "runs"
+    sets = tiny_overrides(tiny_dataset, runs, **{"data.cache_dir": str(cache)})
+    code, _, err = cli(capsys, "train", *set_args({**sets, "train.max_steps": 1}))
+    assert code == 0, err
+    name = _corrupt_a_frame(cache, subset=2)
+    checkpoint = next(runs.rglob("best.pt"))
+    code, _, err = cli(
+        capsys, "eval", "--checkpoint", str(checkpoint), "--set", "data.num_workers=1"
+    )
+    assert code == 1
+    assert "Traceback" not in err and "worker process" not in err, err
+    assert err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert name in err and "delete it, then rerun `hmdbattn preprocess`" in err
 
 
 # --------------------------------------------------------------------------- item 13

@@ -25,12 +25,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
 
 from hmdbattn.config import Config, DataConfig
 from hmdbattn.data.cache import (
     MANIFEST_NAME,
     CachedVideo,
+    DamagedCacheFile,
     Manifest,
     cache_damage,
     cache_file,
@@ -42,6 +44,7 @@ from hmdbattn.data.formats import index_dataset
 from hmdbattn.data.hmdb51 import SUBSET_IDS, DatasetIndex, Video, per_class
 from hmdbattn.data.video import decode_window, spaced_keep, spaced_positions
 from hmdbattn.errors import UserError
+from hmdbattn.report import err_console
 
 Item = tuple[torch.Tensor, int, int]  # frames (T, H, W, 3) uint8, label, video index
 
@@ -66,6 +69,11 @@ class Excluded(NamedTuple):
 
     path: str
     reason: str
+
+
+class UnreadableVideo(UserError):
+    """A video whose frames could not be decoded when a clip needed them (built from one
+    string, like any exception a DataLoader worker re-raises)."""
 
 
 class FrameReader:
@@ -117,7 +125,7 @@ class FrameReader:
             # A retry (the window held no frame) reads on to the end of the file.
             decoded = decode_window(path, self.resize, start, end, None, pick, keep)
         except DecodeError as exc:
-            raise RuntimeError(f"{path}: {exc}") from None
+            raise UnreadableVideo(f"{path}: cannot decode the clip's frames ({exc})") from None
         return torch.from_numpy(decoded.frames)  # (T, H, W, 3) uint8
 
 
@@ -160,6 +168,7 @@ class TrainClips(_ClipDataset):
         super().__init__(config, videos, classes)
         self.seed = config.train.seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._unreadable: set[int] = set()  # videos found damaged by this process
 
     @property
     def epoch(self) -> int:
@@ -182,8 +191,26 @@ class TrainClips(_ClipDataset):
         )
 
     def __getitem__(self, index: int) -> Item:
-        video = self.videos[index]
-        return self.reader.read(video, self.clip_indices(index)), video.label, index
+        """Item `index`'s clip; if its video cannot be read, the next readable video's clip.
+
+        A file damaged after the dataset was built (a corrupt JPEG in a cache file, a video
+        that fails to decode mid-way) is named once per process and left out: one bad file
+        never stops a run.
+        """
+        for k in range(len(self.videos)):
+            number = (index + k) % len(self.videos)
+            if number in self._unreadable:
+                continue
+            video = self.videos[number]
+            try:
+                return self.reader.read(video, self.clip_indices(number)), video.label, number
+            except (DamagedCacheFile, UnreadableVideo) as exc:
+                self._unreadable.add(number)
+                err_console.print(
+                    f"[yellow]warning:[/] {escape(str(exc))}; left out of training",
+                    highlight=False,
+                )
+        raise UserError(f"none of the {len(self.videos)} training videos can be read")
 
 
 class EvalClips(_ClipDataset):
