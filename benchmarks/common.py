@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from loader import all_videos, make_videos  # benchmarks/loader.py (scripts run from here)
 from torch import nn
-from torch.utils.data import default_collate
 
 from hmdbattn.config import Config, load_config, parse_overrides
 from hmdbattn.data.cache import MANIFEST_NAME, CachedVideo, cache_file, decode_jpegs
@@ -543,15 +542,14 @@ def threads(count: int):
 class LoaderCost:
     """CPU milliseconds per clip in one process with one thread: the whole path and its parts."""
 
-    total: float  # loader (read + decode + stack + collate) and the transform on the CPU
-    item: float  # dataset[i]: read + JPEG decode + stack of the clip's frames
-    decode: float  # the JPEG decode alone (part of `item`)
-    collate: float  # stacking items into a batch
+    total: float  # the loader's batches (read + decode into the batch) and the transform
+    batch: float  # the dataset's batches alone: read + JPEG decode into the batch's buffer
+    decode: float  # the JPEG decode alone (part of `batch`)
     transform: float  # the training (or evaluation) transform on the CPU
     clips: int
 
     def as_dict(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in ("total", "item", "decode", "collate", "transform")}
+        return {k: getattr(self, k) for k in ("total", "batch", "decode", "transform")}
 
 
 def loader_cpu_cost(
@@ -578,9 +576,11 @@ def loader_cpu_cost(
                 transform(frames, generator)
             total = cpu() - start
         # The parts, on the same items.
+        batch = config.data.batch_size
+        starts = range(0, count, batch)
         start = cpu()
-        items = [dataset[i] for i in range(count)]
-        item = cpu() - start
+        batches = [dataset.__getitems__(list(range(i, min(i + batch, count)))) for i in starts]
+        read = cpu() - start
         blobs = []
         for i in range(count):
             path, indices = _clip_of(dataset, i)
@@ -591,16 +591,12 @@ def loader_cpu_cost(
         for clip_blobs in blobs:
             decode_jpegs(clip_blobs, out[: len(clip_blobs)])  # the cache's own decoder
         decode = cpu() - start
-        batch = config.data.batch_size
-        start = cpu()
-        batches = [default_collate(items[i : i + batch]) for i in range(0, count, batch)]
-        collate = cpu() - start
         start = cpu()
         for frames, _, _ in batches:
             transform(frames, generator)
         trans = cpu() - start
     ms = 1000.0 / count
-    return LoaderCost(total * ms, item * ms, decode * ms, collate * ms, trans * ms, count)
+    return LoaderCost(total * ms, read * ms, decode * ms, trans * ms, count)
 
 
 def _clip_of(dataset: TrainClips | EvalClips, index: int) -> tuple[str, list[int]]:

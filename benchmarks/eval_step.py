@@ -196,8 +196,8 @@ def eval_loader(root: Path, clips_per_video: int, batch: int, clips: int) -> dic
         cost = loader_cpu_cost(dataset, config, transform, clips)
         out[f"{crops}-crop"] = cost.as_dict()
         print(
-            f"eval loader cpu ms/clip, {crops} crop(s): {cost.total:.2f} (read + decode + stack "
-            f"{cost.item:.2f}, collate {cost.collate:.2f}, transform {cost.transform:.2f})"
+            f"eval loader cpu ms/clip, {crops} crop(s): {cost.total:.2f} (read + decode into "
+            f"the batch {cost.batch:.2f}, transform {cost.transform:.2f})"
         )
     return out
 

@@ -446,8 +446,8 @@ def run_loader(args: argparse.Namespace, root: Path, device: torch.device) -> di
     print(f"\n== loader: cache, 16x112x112 from 128x171, train transform, batch {batch}")
     print(f"loader cpu ms/clip: {cost.total:.2f} (target < {TARGET_LOADER_MS:g} ms) {verdict}")
     print(
-        f"  parts (CPU ms/clip, 1 thread, {cost.clips} clips): read + decode + stack "
-        f"{cost.item:.2f} (JPEG decode alone {cost.decode:.2f}), collate {cost.collate:.2f}, "
+        f"  parts (CPU ms/clip, 1 thread, {cost.clips} clips): read + decode into the batch "
+        f"{cost.batch:.2f} (JPEG decode alone {cost.decode:.2f}), "
         f"transform {cost.transform:.2f}; without the transform (it runs on the GPU there) "
         f"{cost.total - cost.transform:.2f}"
     )

@@ -32,11 +32,11 @@ RECORD_CLIPS = """
 import json, os, sys
 from hmdbattn.cli import main
 from hmdbattn.data.datasets import TrainClips
-seen, real = [], TrainClips.__getitem__
-def getitem(self, index):
+seen, real = [], TrainClips._item
+def item(self, index, out):
     seen.append((self.epoch, index))
-    return real(self, index)
-TrainClips.__getitem__ = getitem
+    return real(self, index, out)
+TrainClips._item = item
 out, sys.argv = sys.argv[1], ["hmdbattn", *sys.argv[2:]]
 try:
     main()
@@ -90,9 +90,9 @@ def test_two_ranks_train_one_model(ddp_run: Path, tiny_dataset: Path, monkeypatc
     seen = [json.loads((ddp_run.parent.parent / f"rank{r}.json").read_text()) for r in (0, 1)]
     # The same run in one process, batches of 8: every clip it loads, in order.
     single_seen: list[tuple[int, int]] = []
-    getitem = TrainClips.__getitem__
+    item = TrainClips._item  # every clip read, one by one or into a batch
     monkeypatch.setattr(
-        TrainClips, "__getitem__", lambda d, i: single_seen.append((d.epoch, i)) or getitem(d, i)
+        TrainClips, "_item", lambda d, i, out: single_seen.append((d.epoch, i)) or item(d, i, out)
     )
     overrides = comparable(tiny_dataset, ddp_run.parent, batch_size=8)
     with quiet():

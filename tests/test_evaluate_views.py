@@ -43,12 +43,15 @@ class PositionFrames:
     def reset(self) -> None:
         """Nothing to forget (the FrameReader interface)."""
 
-    def read(self, video: ClipVideo, indices: Sequence[int]) -> torch.Tensor:
+    def read(
+        self, video: ClipVideo, indices: Sequence[int], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         rows = torch.arange(self.height).view(-1, 1).expand(self.height, self.width)
         cols = torch.arange(self.width).view(1, -1).expand(self.height, self.width)
         tag = torch.full_like(rows, 100 * video.label + indices[0])
         frame = torch.stack([cols, rows, tag], dim=-1).to(torch.uint8)  # (H, W, 3)
-        return frame.expand(len(indices), -1, -1, -1).contiguous()  # (T, H, W, 3)
+        frames = frame.expand(len(indices), -1, -1, -1)  # (T, H, W, 3)
+        return frames.contiguous() if out is None else out.copy_(frames)
 
 
 def pixel(x: torch.Tensor) -> torch.Tensor:

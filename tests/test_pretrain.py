@@ -124,7 +124,9 @@ def test_run_directory_loss_falls_and_test_videos_are_never_read(
     read: list[str] = []
     original = FrameReader.read
     monkeypatch.setattr(
-        FrameReader, "read", lambda self, v, i: read.append(v.path) or original(self, v, i)
+        FrameReader,
+        "read",
+        lambda self, v, i, out=None: read.append(v.path) or original(self, v, i, out),
     )
     config = pretrain_config(tiny_dataset, tmp_path, "p", **{"train.epochs": 4})
     with quiet():

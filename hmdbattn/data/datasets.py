@@ -17,6 +17,7 @@ Two sources (``data.source``):
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from rich.markup import escape
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    Sampler,
+    Subset,
+    default_collate,
+    get_worker_info,
+)
 
 from hmdbattn.config import Config, DataConfig
 from hmdbattn.data.cache import (
@@ -90,11 +98,15 @@ class FrameReader:
         """Forget readers opened so far (a new worker process starts from nothing)."""
         self._readers.clear()
 
-    def read(self, video: ClipVideo, indices: Sequence[int]) -> torch.Tensor:
-        """Frames at `indices` (repeats allowed) as uint8 (len(indices), H, W, 3)."""
+    def read(
+        self, video: ClipVideo, indices: Sequence[int], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Frames at `indices` (repeats allowed) as uint8 (len(indices), H, W, 3), in `out`
+        when given (the cache decodes straight into it)."""
         if self.source == "cache":
-            return self._cached(video.path).read(indices)
-        return self._decode(video, indices)
+            return self._cached(video.path).read(indices, out)
+        frames = self._decode(video, indices)
+        return frames if out is None else out.copy_(frames)
 
     def _cached(self, rel_path: str) -> CachedVideo:
         reader = self._readers.get(rel_path)
@@ -154,6 +166,29 @@ class _ClipDataset(Dataset[Item]):
         """Called in each loader worker: readers copied from the parent are dropped."""
         self.reader.reset()
 
+    def __getitem__(self, index: int) -> Item:
+        return self._item(index, None)
+
+    def __getitems__(self, indices: list[int]) -> ClipBatch | list[Item]:
+        """Items `indices` as one batch (the loader asks for whole batches this way).
+
+        Each clip is read straight into its slot of the batch, which a loader worker makes in
+        shared memory: it reaches the training process without the copy that collating
+        separate clips would make.
+        """
+        data = self.config.data
+        frames = _batch_buffer((len(indices), data.num_frames, *data.resize, 3))
+        labels, numbers = [], []
+        for slot, index in zip(frames, indices, strict=True):
+            _, label, number = self._item(index, slot)
+            labels.append(label)
+            numbers.append(number)
+        return ClipBatch(frames, torch.tensor(labels), torch.tensor(numbers))
+
+    def _item(self, index: int, out: torch.Tensor | None) -> Item:
+        """Item `index`, its frames in `out` when given."""
+        raise NotImplementedError
+
 
 class TrainClips(_ClipDataset):
     """One random clip per video per epoch.
@@ -190,7 +225,7 @@ class TrainClips(_ClipDataset):
             video.frames, video.fps, data.clip_duration, data.num_frames, generator
         )
 
-    def __getitem__(self, index: int) -> Item:
+    def _item(self, index: int, out: torch.Tensor | None) -> Item:
         """Item `index`'s clip; if its video cannot be read, the next readable video's clip.
 
         A file damaged after the dataset was built (a corrupt JPEG in a cache file, a video
@@ -203,7 +238,8 @@ class TrainClips(_ClipDataset):
                 continue
             video = self.videos[number]
             try:
-                return self.reader.read(video, self.clip_indices(number)), video.label, number
+                frames = self.reader.read(video, self.clip_indices(number), out)
+                return frames, video.label, number
             except (DamagedCacheFile, UnreadableVideo) as exc:
                 self._unreadable.add(number)
                 err_console.print(
@@ -230,10 +266,10 @@ class EvalClips(_ClipDataset):
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, index: int) -> Item:
+    def _item(self, index: int, out: torch.Tensor | None) -> Item:
         number, indices = self.windows[index]
         video = self.videos[number]
-        return self.reader.read(video, indices), video.label, number
+        return self.reader.read(video, indices, out), video.label, number
 
 
 # --------------------------------------------------------------------------- building
@@ -389,6 +425,29 @@ def build_eval_dataset(config: Config, subset: str = "test") -> EvalData:
 # --------------------------------------------------------------------------- loading
 
 
+class ClipBatch(NamedTuple):
+    """A batch as the loader gives it: uint8 frames (B, T, H, W, 3), labels (B,), videos (B,)."""
+
+    frames: torch.Tensor
+    labels: torch.Tensor
+    videos: torch.Tensor
+
+
+def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in a loader worker, in shared memory from the start
+    (as torch's default_collate makes its batches), so sending it copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    like = torch.empty(0, dtype=torch.uint8)
+    storage = like._typed_storage()._new_shared(math.prod(shape))
+    return like.new(storage).resize_(*shape)
+
+
+def collate_clips(items: ClipBatch | list[Item]) -> ClipBatch | list[torch.Tensor]:
+    """A `ClipBatch` as `__getitems__` made it; a list of items (stored features) collated."""
+    return items if isinstance(items, ClipBatch) else default_collate(items)
+
+
 def _worker_init(worker_id: int) -> None:
     """Seeds nothing: clip sampling draws from explicit generators, never global state."""
     info = get_worker_info()
@@ -430,5 +489,6 @@ def make_loader(
         persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
+        collate_fn=collate_clips,
         drop_last=False,
     )

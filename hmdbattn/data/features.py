@@ -40,7 +40,15 @@ import torch
 from torch import nn
 
 from hmdbattn.config import Config
-from hmdbattn.data.datasets import ClipData, ClipVideo, EvalClips, EvalData, Excluded, TrainClips
+from hmdbattn.data.datasets import (
+    ClipData,
+    ClipVideo,
+    EvalClips,
+    EvalData,
+    Excluded,
+    Item,
+    TrainClips,
+)
 from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text, atomic_writer
 
@@ -292,6 +300,9 @@ class FeatureTrainClips(TrainClips):
     Items are ``(features (C, T', H', W') float16, label, index)``.
     """
 
+    def __getitems__(self, indices: list[int]) -> list[Item]:
+        return [self[i] for i in indices]  # collated by the loader (no frames to decode)
+
     def __init__(self, config: Config, manifest: FeatureManifest, folder: Path) -> None:
         super().__init__(config, [v.clip_video() for v in manifest.train], manifest.classes)
         self.files = [feature_file(folder, "train", v.path) for v in manifest.train]
@@ -305,6 +316,9 @@ class FeatureTrainClips(TrainClips):
 
 class FeatureEvalClips(EvalClips):
     """`EvalClips` on stored features: item j is window j's ``views`` crops, (views, C, ...)."""
+
+    def __getitems__(self, indices: list[int]) -> list[Item]:
+        return [self[i] for i in indices]  # collated by the loader
 
     def __init__(self, config: Config, manifest: FeatureManifest, folder: Path) -> None:
         super().__init__(config, [v.clip_video() for v in manifest.eval], manifest.classes)
