@@ -117,6 +117,21 @@ def test_ucf101_counts_are_the_real_ones_and_verification_uses_injected_counts(
     assert differs == ["videos (.avi files)", "split entries on disk"]
 
 
+def test_ucf101_preset_is_the_research_model_on_ucf101(capsys: pytest.CaptureFixture[str]) -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    preset, hmdb51 = load_config(configs / "ucf101.toml"), load_config(configs / "hmdb51.toml")
+    data = preset.data
+    assert (data.format, str(data.root), data.split) == ("ucf101", "data/ucf101", 1)
+    # Every other value is hmdb51.toml's, the research's: only the dataset differs.
+    moved = {"format": hmdb51.data.format, "root": hmdb51.data.root}
+    assert preset.data.model_copy(update=moved) == hmdb51.data
+    assert (preset.model, preset.train) == (hmdb51.model, hmdb51.train)
+    code, out, err = cli(capsys, "config", "--config", configs / "ucf101.toml", "--json")
+    assert code == 0, err
+    shown = json.loads(out)["data"]["format"]
+    assert shown["value"] == "ucf101" and shown["source"].endswith("configs/ucf101.toml")
+
+
 # --------------------------------------------------------------------------- bad input
 
 
