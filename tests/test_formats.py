@@ -117,6 +117,21 @@ def test_ucf101_counts_are_the_real_ones_and_verification_uses_injected_counts(
     assert differs == ["videos (.avi files)", "split entries on disk"]
 
 
+def test_ucf101_preset_is_the_research_model_on_ucf101(capsys: pytest.CaptureFixture[str]) -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    preset, hmdb51 = load_config(configs / "ucf101.toml"), load_config(configs / "hmdb51.toml")
+    data = preset.data
+    assert (data.format, str(data.root), data.split) == ("ucf101", "data/ucf101", 1)
+    # Every other value is hmdb51.toml's, the research's: only the dataset differs.
+    moved = {"format": hmdb51.data.format, "root": hmdb51.data.root}
+    assert preset.data.model_copy(update=moved) == hmdb51.data
+    assert (preset.model, preset.train) == (hmdb51.model, hmdb51.train)
+    code, out, err = cli(capsys, "config", "--config", configs / "ucf101.toml", "--json")
+    assert code == 0, err
+    shown = json.loads(out)["data"]["format"]
+    assert shown["value"] == "ucf101" and shown["source"].endswith("configs/ucf101.toml")
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -280,6 +295,124 @@ def test_folders_new_video_after_the_split_is_refused(tmp_path: Path) -> None:
     (root / "run" / "late.avi").write_bytes(b"avi")
     with pytest.raises(UserError, match=r"1 video\(s\) under .* are not in .*e.g. run/late.avi"):
         index_dataset(_folders_config(root))
+
+
+# --------------------------------------------------------------------------- one file each
+
+SHARED = (
+    "would share the cache file {}: rename one of them (the cache and the features name a video "
+    "by its folder and stem, not its extension)"
+)
+
+
+def _refused_by_every_command(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, root: Path, keys: dict, message: str
+) -> None:
+    """Preprocess, train (from the cache and from the videos) and extract-features all give the
+    one line and exit 1, and nothing is written to the cache."""
+    cache, runs = tmp_path / f"{root.name}-cache", tmp_path / f"{root.name}-runs"
+    sets = _sets(
+        root, tmp_path, **keys, **{"data.cache_dir": str(cache), "train.out_dir": str(runs)}
+    )
+    for command, extra in [
+        ("preprocess", []),
+        ("train", ["--set", "train.name=cache"]),
+        ("train", ["--set", "data.source=video", "--set", "train.name=video"]),
+        ("extract-features", ["--set", "data.source=video"]),
+    ]:
+        code, _, err = cli(capsys, command, *sets, *extra)
+        assert code == 1 and len(err.strip().splitlines()) == 1, (command, err)
+        assert message in err and "Traceback" not in err, (command, err)
+    assert not cache.exists()
+
+
+def test_folders_videos_differing_only_by_extension_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root = _folders(tmp_path / "mine", {"jump": 2, "run": 2})
+    (root / "jump" / "clip0.avi").write_bytes(b"avi")  # and jump/clip0.MP4: one cache file
+    message = f"{root}/jump/clip0.MP4 and {root}/jump/clip0.avi " + SHARED.format("jump/clip0.jpgs")
+    _refused_by_every_command(capsys, tmp_path, root, {"data.format": "folders"}, message)
+    assert not (root / SPLIT_FILE).exists()  # renaming one must not make it a "new" video
+    (root / "jump" / "clip0.avi").rename(root / "jump" / "clip9.avi")
+    assert len(index_dataset(_folders_config(root)).videos) == 5
+
+
+def test_list_paths_differing_only_by_extension_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root = _list_root(tmp_path, "a/x.avi 0\nb/y.avi 1\n", "a/x.mp4 0\n")  # train and test
+    (root / "a" / "x.mp4").write_bytes(b"mp4")
+    message = f"{root}/a/x.avi and {root}/a/x.mp4 " + SHARED.format("a/x.jpgs")
+    _refused_by_every_command(capsys, tmp_path, root, LIST_KEYS, message)
+    (root / "test.txt").write_text("c/x.mp4 1\n")  # another folder: another cache file
+    data = load_config(None, {"data.root": str(root), **LIST_KEYS}).data
+    assert [v.path for v in index_dataset(data).missing] == ["c/x.mp4"]
+
+
+def test_cache_name_is_the_name_of_the_cache_and_features_files() -> None:
+    from hmdbattn.data.cache import cache_file, cached_videos_dir
+    from hmdbattn.data.features import feature_file
+    from hmdbattn.data.formats import cache_name
+
+    for rel in ["jump/x.avi", "jump/x.tar.avi", "jump/x.", "jump/x", "jump/.x", "a/b/x.MP4"]:
+        cached = cache_file(Path("c"), rel).relative_to(cached_videos_dir(Path("c")))
+        assert cached.with_suffix("").as_posix() == cache_name(rel), rel
+        features = feature_file(Path("f"), "train", rel).relative_to(Path("f", "train"))
+        assert features.with_suffix("").as_posix() == cache_name(rel), rel
+
+
+def _hmdb51(root: Path, lines: str) -> Path:
+    """An HMDB51 layout of classes jump (split file `lines`) and run (two videos)."""
+    (root / "splits").mkdir(parents=True)
+    (root / "splits" / "jump_test_split1.txt").write_text(lines)
+    (root / "splits" / "run_test_split1.txt").write_text("r1.avi 1\nr2.avi 2\n")
+    for rel in ["jump/x.avi", "jump/x.mp4", "jump/y.avi", "run/r1.avi", "run/r2.avi"]:
+        (root / "videos" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "videos" / rel).write_bytes(b"avi")
+    return root
+
+
+def test_hmdb51_split_entries_sharing_a_cache_file_or_listed_twice_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from hmdbattn.data.verify import verify_dataset
+
+    root = _hmdb51(tmp_path / "h1", "x.avi 1\ny.avi 2\nx.mp4 1\n")
+    videos = root / "videos"
+    message = f"{videos}/jump/x.avi and {videos}/jump/x.mp4 " + SHARED.format("jump/x.jpgs")
+    _refused_by_every_command(capsys, tmp_path, root, {}, message)
+    with pytest.raises(UserError, match=r"would share the cache file jump/x\.jpgs"):
+        verify_dataset(root)
+    # The same name twice: the later line would silently decide the id (here: test, not train).
+    root = _hmdb51(tmp_path / "h2", "x.avi 1\ny.avi 2\n\nx.avi 2\n")
+    split = root / "splits" / "jump_test_split1.txt"
+    message = f"{split}:4: x.avi is listed already on line 1; a list names each video once"
+    _refused_by_every_command(capsys, tmp_path, root, {}, message)
+    with pytest.raises(UserError, match=r"x\.avi is listed already on line 1"):
+        verify_dataset(root)
+
+
+def test_ucf101_list_entry_twice_or_sharing_a_cache_file_is_refused(tmp_path: Path) -> None:
+    write_ucf101(tmp_path)
+    train, test = tmp_path / "splits" / "trainlist01.txt", tmp_path / "splits" / "testlist01.txt"
+    listed = train.read_text()
+    train.write_text(listed + f"{ucf_video('ApplyEyeMakeup', 3)} 1\r\n")  # line 1 again
+    for check in (lambda: ucf101.scan_ucf101(tmp_path, 1), lambda: verify_ucf101(tmp_path)):
+        with pytest.raises(UserError, match=r"trainlist01\.txt:13: .*_g03_c01\.avi is listed "):
+            check()
+    train.write_text(listed)
+    other = ucf_video("YoYo", 1).replace(".avi", ".mp4")  # YoYo g01 is a test video of split 1
+    test.write_text(test.read_text() + other + "\r\n")
+    (tmp_path / "videos" / other).write_bytes(b"mp4")
+    for check in (
+        lambda: index_dataset(
+            load_config(None, {"data.root": str(tmp_path), "data.format": "ucf101"}).data
+        ),
+        lambda: verify_ucf101(tmp_path),
+    ):
+        with pytest.raises(UserError, match=r"share the cache file YoYo/v_YoYo_g01_c01\.jpgs"):
+            check()
 
 
 # --------------------------------------------------------------------------- download

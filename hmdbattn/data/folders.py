@@ -15,6 +15,9 @@ A video that appears after the split was written is refused, not slipped into ei
 test set that grows silently would make earlier and later results incomparable. Delete the
 split file to split again with the new videos (the message says so). A video of the split file
 that is gone from disk is left out, as a missing video of HMDB51's split files is.
+
+Two videos of a folder that differ only by their extension (``x.mp4``, ``x.avi``) are refused
+before the split is made: the frame cache names a video by its folder and stem.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from hmdbattn.data.formats import check_cache_names
 from hmdbattn.data.hmdb51 import DatasetIndex, Video, class_order, path_problem
 from hmdbattn.errors import UserError
 from hmdbattn.fileio import atomic_write_text, os_errors
@@ -138,6 +142,8 @@ def scan_folders(root: Path, test_fraction: float, seed: int, skip: Path | None)
     `skip` is a folder under the root that is not a class (the frame cache).
     """
     found = find_videos(root, skip)
+    # Before the split file is written: a pair renamed afterwards would be "new" videos.
+    check_cache_names((v for videos in found.values() for v in videos), root)
     split = load_or_make_split(root, found, test_fraction, seed)
     videos: list[Video] = []
     missing: list[Video] = []

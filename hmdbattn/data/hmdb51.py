@@ -84,13 +84,15 @@ def parse_split_file(path: Path) -> list[tuple[str, int]]:
     """Read ``(video file name, id)`` pairs; a malformed line is an error naming file and line.
 
     A name must be a plain file name: a path (``/``, ``\\``, a drive, ``..``) could name a file
-    outside the class's folder, and every reader joins it to that folder.
+    outside the class's folder, and every reader joins it to that folder. A name listed twice
+    is an error too: the later line would silently decide the video's id.
     """
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise UserError(f"{path}: cannot read the split file ({exc})") from None
     entries = []
+    seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines()):
         fields = line.split()
         if not fields:
@@ -103,8 +105,19 @@ def parse_split_file(path: Path) -> list[tuple[str, int]]:
                 f"{path}:{number + 1}: {fields[0]!r} is not a plain file name ({problem}); a "
                 "split file lists the names of files in videos/<class>/"
             )
+        listed_once(seen, fields[0], path, number + 1)
         entries.append((fields[0], int(fields[1])))
     return entries
+
+
+def listed_once(seen: dict[str, int], entry: str, path: Path, number: int) -> None:
+    """Record `entry` as listed on line `number` of `path`; listed before is a UserError."""
+    if entry in seen:
+        raise UserError(
+            f"{path}:{number}: {entry} is listed already on line {seen[entry]}; a list names "
+            "each video once: remove one of the lines"
+        )
+    seen[entry] = number
 
 
 def name_problem(name: str) -> str | None:

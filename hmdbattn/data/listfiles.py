@@ -9,7 +9,9 @@ The path is relative to data.root, uses ``/`` and holds no space; the label is a
 index or a class name. The classes are ``data.class_names`` when set (a list, or a file with
 one name a line); otherwise the names the lists use, sorted, or with index labels
 ``class_0``, ``class_1``, ... up to the largest index. A bad line is an error naming file and
-line. The training list is split 1's training set, the test list its test set.
+line. The training list is split 1's training set, the test list its test set. A video is
+listed once, and no two paths may differ only by their extension (``a/x.mp4``, ``a/x.avi``):
+the frame cache names a video by its path less the extension.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from hmdbattn.data.hmdb51 import (
     SPLITS,
     DatasetIndex,
     Video,
+    listed_once,
     name_problem,
     path_problem,
     splits_dir,
@@ -107,7 +108,8 @@ def _video_path(where: str, path: str, classes: list[str]) -> str:
 
 def parse_train_list(path: Path, classes: list[str]) -> list[str]:
     """The videos of a ``trainlist0<k>.txt``; a label that is not its folder's is an error."""
-    videos = []
+    videos: list[str] = []
+    seen: dict[str, int] = {}
     for number, fields, line in _lines(path):
         where = f"{path}:{number}"
         if len(fields) != 2 or not fields[1].isdigit():
@@ -121,18 +123,21 @@ def parse_train_list(path: Path, classes: list[str]) -> list[str]:
                 f"{where}: label {index} ({named}) disagrees with the folder {folder!r} "
                 f"(index {classes.index(folder) + 1} in {CLASS_INDEX}); fix the line"
             )
+        listed_once(seen, rel, path, number)
         videos.append(rel)
     return videos
 
 
 def parse_test_list(path: Path, classes: list[str]) -> list[str]:
     """The videos of a ``testlist0<k>.txt`` (no label: the folder is the class)."""
-    videos = []
+    videos: list[str] = []
+    seen: dict[str, int] = {}
     for number, fields, line in _lines(path):
         where = f"{path}:{number}"
         if len(fields) != 1:
             raise UserError(f"{where}: expected '<ClassName>/<video>.avi', got {line!r}")
         videos.append(_video_path(where, fields[0], classes))
+        listed_once(seen, videos[-1], path, number)
     return videos
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hmdbattn.data import ucf101
+from hmdbattn.data.formats import check_cache_names
 from hmdbattn.data.hmdb51 import (
     SPLIT_FILE,
     SPLITS,
@@ -104,11 +105,13 @@ def _split_entries(splits_dir: Path) -> tuple[int, Counter[tuple[int, int]], set
 def verify_dataset(root: Path, expected: Expected = HMDB51_EXPECTED) -> VerifyResult:
     """Count classes, videos, split files and per-split subsets under `root`; list missing files.
 
-    A malformed split file raises the UserError of `parse_split_file` (file and line).
+    A malformed split file raises the UserError of `parse_split_file` (file and line), and so
+    do two entries that would share a cache file (`formats.check_cache_names`).
     """
     videos = videos_dir(root)
     classes, n_videos = _videos_on_disk(videos)
     n_files, counts, listed = _split_entries(splits_dir(root))
+    check_cache_names(listed, videos)  # x.avi and x.mp4 of one class: preprocess would refuse
     checks = [
         Check("classes (videos/ folders)", expected.classes, len(classes)),
         Check("videos (.avi files)", expected.videos, n_videos),
@@ -142,13 +145,15 @@ def _ucf101_lists(splits: Path, classes: list[str]) -> tuple[dict[tuple[int, str
 def verify_ucf101(root: Path, expected: ucf101.Counts = ucf101.UCF101_EXPECTED) -> VerifyResult:
     """Count UCF101's classes, videos and split-list entries under `root`; list missing files.
 
-    A malformed list raises the UserError of the ucf101 parsers (file and line).
+    A malformed list raises the UserError of the ucf101 parsers (file and line), and so do
+    two entries that would share a cache file.
     """
     videos, splits = videos_dir(root), splits_dir(root)
     index = splits / ucf101.CLASS_INDEX
     classes = ucf101.parse_class_index(index) if index.is_file() else []
     folders, n_videos = _videos_on_disk(videos)
     counts, listed = _ucf101_lists(splits, classes) if classes else ({}, set())
+    check_cache_names(listed, videos)
     checks = [
         Check(f"classes ({ucf101.CLASS_INDEX})", expected.classes, len(classes)),
         Check("classes (videos/ folders)", expected.classes, len(folders)),
