@@ -279,12 +279,13 @@ def pretrain(
     last = folder.resume(config, runtime) if resume else None
     if last is None:
         folder.start_on_main(config, runtime, overwrite)
-    run = build_run(config, folder, runtime, last)
-    if runtime.is_main:
-        if last is not None:
-            folder.after_restore(config, last)
-        print_excluded(run.excluded)
-        folder.write_text("videos.txt", "".join(f"{v.path}\n" for v in run.clips.videos))
+    with folder.starting(runtime):  # a new run refused here leaves no folder behind
+        run = build_run(config, folder, runtime, last)
+        if runtime.is_main:
+            if last is not None:
+                folder.after_restore(config, last)
+            print_excluded(run.excluded)
+            folder.write_text("videos.txt", "".join(f"{v.path}\n" for v in run.clips.videos))
     run_epochs(run)
     sums = gather(checksum(run.pretrainer), runtime)
     if len(set(sums)) > 1:

@@ -470,12 +470,13 @@ def train(
     last = run.resume(config, runtime) if resume else None
     if last is None:
         run.start_on_main(config, runtime, overwrite)
-    trainer = build_trainer(config, run, runtime, last)
-    if runtime.is_main:
-        if last is not None:
-            run.after_restore(config, last)
-        print_excluded(trainer.data.excluded)
-        record_train_choice(trainer)
+    with run.starting(runtime):  # a new run refused here leaves no folder behind
+        trainer = build_trainer(config, run, runtime, last)
+        if runtime.is_main:
+            if last is not None:
+                run.after_restore(config, last)
+            print_excluded(trainer.data.excluded)
+            record_train_choice(trainer)
     state = run_epochs(trainer)
     sums = gather(checksum(trainer.model), runtime)
     if len(set(sums)) > 1:
