@@ -7,11 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import set_args, tiny_overrides
+from test_reliability_runs import tmpfs  # noqa: F401 (a fixture: a small disk, mounted as root)
 
 from hmdbattn import build_model, load_config
 from hmdbattn.checkpoint import load_checkpoint
@@ -141,6 +143,55 @@ def test_distributed_eval_equals_single_process_eval(ddp_run: Path, tmp_path: Pa
     ):
         assert distributed[key] == single[key], key
     assert distributed["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+# `hmdbattn ARGS...` whose checkpoint writes find the disk full: the fault a small tmpfs
+# stages for real where the tests may mount one (as root), injected where they may not.
+FULL_DISK = """
+import errno, os, sys
+import hmdbattn.engine.rundir as rundir
+def full(obj, path):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+rundir.atomic_save = full
+from hmdbattn.cli import main
+sys.argv = ["hmdbattn", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_save_on_rank_0_stops_every_rank_at_once(
+    tiny_dataset,
+    tmp_path,
+    tmpfs,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Rank 0 alone writes: when it cannot, rank 1 must not wait for it in the next collective
+    (for the process group's 30-minute timeout) but stop too, with one line of its own."""
+    out = tmp_path / "full"
+    keys = {"train.name": "f", "train.tensorboard": False}
+    real = tmpfs(out, 64 << 10)  # room for config.toml, not for a checkpoint
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK)
+    hmdbattn = ["-m", "hmdbattn"] if real else [str(script)]
+    command = [*TORCHRUN, *hmdbattn, "train", *set_args(tiny_overrides(tiny_dataset, out, **keys))]
+    start = time.monotonic()
+    run = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode != 0 and time.monotonic() - start < 60, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: {out / 'f' / 'last.pt'}: cannot write (No space left on device: free space on "
+        f"that disk (or use another folder)); no checkpoint was saved yet in {out / 'f'}: start "
+        "the run again (--overwrite)",
+        "error: rank 1: stopped because rank 0 could not save epoch 1: see rank 0's error",
+    ], run.stderr[-3000:]
+    assert "[rank1]" not in run.stderr  # no traceback of a rank cut off by its peer's exit
 
 
 def test_session_tears_down_however_the_block_ends(monkeypatch: pytest.MonkeyPatch) -> None:

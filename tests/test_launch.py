@@ -92,9 +92,9 @@ def test_local_jobs_give_the_sequential_table(
     assert rows_without_timing(folder) == rows_without_timing(sequential)
     assert out.splitlines()[0].startswith("| Architecture | Train loss |") and "Status" not in out
     assert "jobs: 2/2 done, 0 running, 0 queued, 0 failed" in err
-    manifest = json.loads((folder / ".submitit" / "jobs.json").read_text())
-    assert set(manifest) == {POOL, ATTN}
-    assert all(Path(e["stderr"]).is_file() for e in manifest.values())
+    # Both runs finished and their results are recorded: their jobs' pickles and logs are gone.
+    assert json.loads((folder / ".submitit" / "jobs.json").read_text()) == {}
+    assert list((folder / ".submitit" / "jobs").iterdir()) == []
 
 
 @pytest.mark.slow
@@ -115,6 +115,7 @@ def test_a_killed_job_is_resumed_by_a_resubmission(
     wait_until(lambda: (attn / "metrics.jsonl").exists())  # its first of two epochs is saved
     os.kill(worker, signal.SIGKILL)
     assert not (attn / "result.json").exists(), "the kill came too late to interrupt the run"
+    epoch_1 = (attn / "metrics.jsonl").read_text().splitlines()[0]  # with its timing
     wait_until(lambda: not launch.job_alive(jobs[POOL]) and not launch.job_alive(jobs[ATTN]))
     assert (pool / "result.json").exists()
 
@@ -123,7 +124,9 @@ def test_a_killed_job_is_resumed_by_a_resubmission(
     statuses = [row["status"] for row in json.loads(out)]
     assert statuses == ["done", "failed"]
     assert f"failed: {attn}: job {jobs[ATTN]['job_id']} ended without finishing the run" in err
-    assert jobs[ATTN]["stderr"] in err
+    assert jobs[ATTN]["stderr"] in err and Path(jobs[ATTN]["stderr"]).is_file()  # kept
+    assert not Path(jobs[POOL]["stderr"]).exists()  # a finished run's job: its files deleted
+    assert set(json.loads((folder / ".submitit" / "jobs.json").read_text())) == {ATTN}
 
     kept = files_of(pool)
     code, out, err = cli(capsys, *args, *LOCAL)
@@ -132,10 +135,13 @@ def test_a_killed_job_is_resumed_by_a_resubmission(
     assert {
         p: (p.stat().st_mtime_ns, p.read_bytes()) for p in pool.iterdir() if p.is_file()
     } == kept
-    again = json.loads((folder / ".submitit" / "jobs.json").read_text())
-    assert again[POOL] == jobs[POOL] and again[ATTN]["job_id"] != jobs[ATTN]["job_id"]
-    assert "epoch 1:" not in Path(again[ATTN]["stderr"]).read_text()  # resumed at epoch 2
+    assert (attn / "metrics.jsonl").read_text().splitlines()[0] == epoch_1  # resumed at 2
     assert rows_without_timing(folder) == rows_without_timing(sequential)
+    # The resumed job finished its run: its files are gone; the killed job's log is kept.
+    assert json.loads((folder / ".submitit" / "jobs.json").read_text()) == {}
+    left = sorted(p.name for p in (folder / ".submitit" / "jobs").iterdir())
+    killed = jobs[ATTN]["job_id"]
+    assert left == sorted(f"{killed}_{n}" for n in ("0_log.err", "0_log.out", "submitted.pkl"))
 
 
 # --------------------------------------------------------------------------- one-line errors
@@ -333,3 +339,23 @@ def test_slurm_without_srun_is_one_line(capsys, tmp_path, monkeypatch) -> None:
     assert code == 1 and out == "" and "Traceback" not in err
     assert err.startswith('error: --launcher slurm: Could not detect "srun"')
     assert "or use --launcher local" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_array_job_leaves_the_arrays_sbatch_script_to_its_last_job(tmp_path) -> None:
+    """SLURM names a job array's jobs ``<array>_<index>`` and writes one script for all."""
+    names = ("submitted.pkl", "0_result.pkl", "0_log.out", "0_log.err")
+    for job in ("77_0", "77_1"):
+        for name in names:
+            (tmp_path / f"{job}_{name}").write_bytes(b"")
+    (tmp_path / "77_submission.sh").write_text("#!/bin/bash")
+    (tmp_path / "770_0_log.err").write_text("another job")
+
+    def entry(job: str) -> dict[str, str]:
+        return {"job_id": job, "result": str(tmp_path / f"{job}_0_result.pkl")}
+
+    first = launch.job_files(entry("77_0"))
+    assert sorted(p.name for p in first if p.exists()) == sorted(f"77_0_{n}" for n in names)
+    for path in first:
+        path.unlink(missing_ok=True)
+    last = {p.name for p in launch.job_files(entry("77_1")) if p.exists()}
+    assert last == {f"77_1_{n}" for n in names} | {"77_submission.sh"}

@@ -184,6 +184,37 @@ def test_ctrl_c_before_the_first_checkpoint_keeps_the_old_run(
     assert sorted(files(folder)) == ["config.toml"]
 
 
+@pytest.mark.slow
+def test_a_refused_new_run_leaves_no_folder_and_the_fixed_command_starts(
+    capsys, tiny_dataset, tmp_path, base_run
+) -> None:
+    out = tmp_path / "runs"  # made by the run, and taken back with it
+    init = {"model.init": str(base_run / "best.pt")}
+    wider = sets(tiny_dataset, out, "n", **init, **{"model.latent_dim": 64})
+    code, _, err = cli(capsys, "train", *wider)
+    assert code == 1
+    one_error_line(err, str(base_run / "best.pt"), "model.init_parts")
+    assert not out.exists()  # no config.toml that the next command would meet
+    code, _, err = cli(capsys, "train", *sets(tiny_dataset, out, "n", **init))
+    assert code == 0, err
+    assert "already holds" not in err and "moved the old run" not in err  # a fresh start
+    assert json.loads((out / "n" / "result.json").read_text())["epochs"] == 1
+
+
+def test_a_refused_overwrite_puts_the_old_run_back(
+    capsys, tiny_dataset, tmp_path, base_run
+) -> None:
+    folder = copy_run(base_run, tmp_path / "x")
+    (folder / "eval.json").write_text("{}")
+    before = files(folder)
+    bad = {"model.init": str(base_run / "best.pt"), "model.latent_dim": 64}
+    code, _, err = cli(capsys, "train", "--overwrite", *sets(tiny_dataset, tmp_path, "x", **bad))
+    assert code == 1
+    one_error_line(err, str(base_run / "best.pt"), "model.init_parts")
+    assert f"moved the old run back to {folder}" in err
+    assert files(folder) == before and not (tmp_path / "x.old-1").exists()
+
+
 # --------------------------------------------------------------------------- 2, 5: resume
 
 

@@ -16,6 +16,11 @@ jobs never race on them.
 submitit's files (each job's pickles and its stdout / stderr logs, named by job id) live in
 ``<ablation folder>/.submitit/jobs/``; ``.submitit/jobs.json`` records which job trains
 which run, so ``--report`` can say which runs are still running and which jobs failed.
+Once a run has finished (its ``result.json``, which the results table is built from), the
+files of its job are deleted, and its entry in jobs.json with them: its log says no more
+than the run folder. The files of a job whose run did not finish (it failed, or was killed)
+are kept: its log is how you find out why. Deleting ``.submitit/`` while no job runs loses
+nothing but those logs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -39,7 +44,7 @@ from hmdbattn.ablate.results import build_rows
 from hmdbattn.ablate.run import Outcome, decide, missing_init, print_notes, select, train_one
 from hmdbattn.ablate.tables import show_table, write_results
 from hmdbattn.errors import UserError
-from hmdbattn.fileio import atomic_write_text, os_errors
+from hmdbattn.fileio import atomic_write_text, os_error_text, os_errors
 from hmdbattn.report import err_console
 
 LAUNCHERS = ("local", "slurm")
@@ -352,6 +357,56 @@ def record_jobs(folder: Path, jobs: Sequence[tuple[Run, Any]], launcher: str) ->
         atomic_write_text(path, json.dumps(entries, indent=2) + "\n")
 
 
+def job_files(entry: Mapping[str, Any]) -> list[Path]:
+    """The files submitit keeps for the job of a manifest entry (its names, see its JobPaths):
+    the submitted and result pickles, the stdout / stderr logs, and the sbatch script (one
+    per job array on SLURM, so left to the array's last job)."""
+    folder, job_id = Path(entry["result"]).parent, str(entry["job_id"])
+    names = [f"{job_id}_submitted.pkl", f"{job_id}_0_result.pkl"]
+    names += [f"{job_id}_0_log.out", f"{job_id}_0_log.err", f"{job_id}_submission.sh"]
+    array, _, index = job_id.partition("_")
+    if index:  # an array's job: ``<array>_<index>``
+        script = f"{array}_submission.sh"
+        others = {p.name for p in folder.glob(f"{array}_*")} - {*names, script}
+        if not others:
+            names.append(script)
+    return [folder / name for name in names]
+
+
+def clean_finished_jobs(ablation: Ablation, keep: Collection[Path] = ()) -> None:
+    """Delete the submitit files of the jobs whose run finished, and their jobs.json entries.
+
+    A finished run (``result.json``) is recorded in the results; its job's pickles and logs
+    are no more use. Runs in `keep` (reported failed: their line names the log) keep theirs,
+    as do the jobs of unfinished runs. Only the submitting process calls it, like
+    `record_jobs`.
+    """
+    manifest = read_manifest(ablation.folder)
+    finished = [
+        run.run_dir.name
+        for run in ablation.runs
+        if run.run_dir.name in manifest
+        and run.run_dir not in keep
+        and (run.run_dir / "result.json").is_file()
+        and not job_alive(manifest[run.run_dir.name])
+    ]
+    if not finished:
+        return
+    jobs = ablation.folder / JOBS_DIR
+    try:
+        for name in finished:
+            for job_file in job_files(manifest.pop(name)):
+                job_file.unlink(missing_ok=True)
+            (jobs / f"{name}.toml").unlink(missing_ok=True)  # the config of a torchrun job
+        atomic_write_text(jobs / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    except OSError as exc:  # the results are recorded: leftover files are no reason to fail
+        err_console.print(
+            f"[yellow]warning:[/] could not delete the files of finished jobs in {jobs} "
+            f"({os_error_text(exc)}); they can be deleted",
+            highlight=False,
+        )
+
+
 def job_alive(entry: Mapping[str, Any]) -> bool:
     """Whether the job of a manifest entry may still run (queued or running).
 
@@ -411,6 +466,7 @@ def report_rows(ablation: Ablation) -> list[dict]:
     rows = build_rows(ablation, failures, running)
     if ablation.folder.is_dir():
         write_results(ablation, rows)
+        clean_finished_jobs(ablation, failures)
     for run_dir, error in failures.items():
         err_console.print(f"[bold red]failed:[/] {run_dir}: {error}", highlight=False)
     return rows
@@ -473,10 +529,12 @@ def launch_ablation(
         for run, job in zip(runs, jobs, strict=True):
             print(f"submitted {run.run_dir.name}: job {job.job_id} (log: {job.paths.stderr})")
         print(f"{len(jobs)} job(s) submitted; see where they are with `{report_command}`")
+        clean_finished_jobs(ablation)  # those of earlier launches whose runs finished since
         return None
     failures |= wait_for(ablation, list(zip(runs, jobs, strict=True)), options.launcher)
     rows = build_rows(ablation, failures)
     write_results(ablation, rows)
+    clean_finished_jobs(ablation, failures)  # the results are recorded: their jobs are done
     show_table(ablation, rows)
     by_label = {
         run.variant.label + (f" seed {run.seed}" if run.seed is not None else ""): failures[d]

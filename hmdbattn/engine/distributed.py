@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from hmdbattn.errors import UserError
 
 
 @dataclass
@@ -76,6 +78,29 @@ def broadcast(obj: Any, runtime: Runtime) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(write: Callable[[], None], runtime: Runtime, what: str) -> None:
+    """Run `write` (the run's files: rank 0 alone writes) on rank 0; if it fails, every rank stops.
+
+    Rank 0's outcome goes to the others in one tiny broadcast right after. Without it they
+    would go on to the next collective and wait there for the process-group timeout (30
+    minutes by default) while rank 0 stops on its error (a full disk, a read-only folder).
+    Rank 0 raises its own error; the others a UserError saying rank 0 could not `what`.
+    """
+    error: Exception | None = None
+    if runtime.is_main:
+        try:
+            write()
+        except Exception as exc:  # whatever stops rank 0 must stop the others too
+            error = exc
+    failed = broadcast(error is not None, runtime)
+    if error is not None:
+        raise error
+    if failed:
+        raise UserError(
+            f"rank {runtime.rank}: stopped because rank 0 could not {what}: see rank 0's error"
+        )
 
 
 def mean_across(value: float, count: int, runtime: Runtime) -> float:

@@ -29,7 +29,7 @@ from hmdbattn.config import Config
 from hmdbattn.data.datasets import Excluded, TrainClips, resolve_videos
 from hmdbattn.data.formats import index_dataset
 from hmdbattn.data.transforms import VideoTransform
-from hmdbattn.engine.distributed import Runtime, checksum, gather
+from hmdbattn.engine.distributed import Runtime, checksum, gather, on_main
 from hmdbattn.engine.optim import Schedule, build_optimizer
 from hmdbattn.engine.precision import autocast, fp16, memory_format
 from hmdbattn.engine.rundir import RunDir, stop_reason
@@ -219,21 +219,24 @@ def _check_finite(run: PretrainRun, loss_sum: torch.Tensor) -> None:
 
 
 def end_epoch(run: PretrainRun, row: dict[str, Any]) -> None:
-    """Record an epoch: history, checkpoint, metrics, pictures (rank 0 writes)."""
+    """Record an epoch: history, then rank 0's writes (every rank stops if they fail)."""
     s, c = run.state, run.config.train
     s.history.append(row)
     s.epoch += 1
     s.stop_reason = stop_reason(c, s.epoch, s.step, None)
-    if not run.runtime.is_main:
-        return
+    on_main(lambda: _record(run), run.runtime, f"save epoch {s.epoch}")
+
+
+def _record(run: PretrainRun) -> None:
+    """Rank 0's writes of an epoch: checkpoint, metrics, pictures."""
     run.run.save_checkpoint(checkpoint(run), best=False)
-    run.run.write_metrics(s.history)
+    run.run.write_metrics(run.state.history)
     if run.config.pretrain.pictures:
         from hmdbattn.reconstruction import draw_epoch
 
         pictures = run.run.path / "pictures"
         with run.run.writing(pictures):
-            draw_epoch(run.pretrainer, run.clips, run.config, pictures, s.epoch)
+            draw_epoch(run.pretrainer, run.clips, run.config, pictures, run.state.epoch)
 
 
 def run_epochs(run: PretrainRun) -> PretrainState:
@@ -279,12 +282,16 @@ def pretrain(
     last = folder.resume(config, runtime) if resume else None
     if last is None:
         folder.start_on_main(config, runtime, overwrite)
-    run = build_run(config, folder, runtime, last)
-    if runtime.is_main:
-        if last is not None:
-            folder.after_restore(config, last)
-        print_excluded(run.excluded)
-        folder.write_text("videos.txt", "".join(f"{v.path}\n" for v in run.clips.videos))
+    with folder.starting(runtime):  # a new run refused here leaves no folder behind
+        run = build_run(config, folder, runtime, last)
+
+        def begin() -> None:
+            if last is not None:
+                folder.after_restore(config, last)
+            print_excluded(run.excluded)
+            folder.write_text("videos.txt", "".join(f"{v.path}\n" for v in run.clips.videos))
+
+        on_main(begin, runtime, f"write the files of {run_dir}")
     run_epochs(run)
     sums = gather(checksum(run.pretrainer), runtime)
     if len(set(sums)) > 1:

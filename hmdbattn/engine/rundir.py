@@ -16,6 +16,8 @@ The contract, shared by every command that trains (`train`, `ablate`, `pretrain`
 - A new run never mixes with an old one: a folder holding a run is refused, or with
   ``--overwrite`` moved aside to ``<name>.old-<n>`` and deleted once the new run has saved its
   first checkpoint.
+- A new run refused before it trains (a check of `build_trainer` fails, say) takes its start
+  back: no folder left behind, an --overwrite's old run moved back in place.
 - A resume restores ``last.pt`` before anything is written, refuses keys that would change the
   model or the shape of its input, and rebuilds ``best.pt`` / ``metrics.jsonl`` from ``last.pt``
   when a crash came between their writes (``last.pt`` is written first, so it is always the
@@ -77,6 +79,9 @@ class RunDir:
         self.result = self.path / "result.json"
         self.replaced: Path | None = None  # the old run moved aside by --overwrite
         self.saved_epoch = 0  # the epoch last.pt holds, once known
+        self.started = False  # whether `start` began a new run here (`undo_start` undoes it)
+        self._made: list[Path] = []  # the folders `start` created, deepest first
+        self._had: set[str] = set()  # the `WRITTEN_FILES` the folder held before `start`
 
     # ------------------------------------------------------------------ starting a new run
 
@@ -100,10 +105,17 @@ class RunDir:
             )
         if found:
             self.replaced = self._move_aside()
-        with self.writing(self.path, "set train.out_dir to a writable folder"):
-            self.path.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(self.path, WRITTEN_FILES)
-            atomic_write_text(self.config, config.to_toml(), sync=True)
+        self.started = True
+        self._made = _missing_folders(self.path)
+        self._had = {name for name in WRITTEN_FILES if (self.path / name).exists()}
+        try:
+            with self.writing(self.path, "set train.out_dir to a writable folder"):
+                self.path.mkdir(parents=True, exist_ok=True)
+                remove_stale_temps(self.path, WRITTEN_FILES)
+                atomic_write_text(self.config, config.to_toml(), sync=True)
+        except UserError:
+            self.undo_start()
+            raise
 
     def start_on_main(self, config: Config, runtime: Runtime, overwrite: bool) -> None:
         """`start` on rank 0; every rank raises its UserError when rank 0's checks fail."""
@@ -116,6 +128,50 @@ class RunDir:
         error = broadcast(error, runtime)
         if error:
             raise UserError(error)
+
+    @contextlib.contextmanager
+    def starting(self, runtime: Runtime) -> Iterator[None]:
+        """The checks and setup between `start` and training: an error in them undoes `start`.
+
+        A new run refused there (an init checkpoint that does not fit, features made with
+        other settings...) so leaves the folder as it found it, and the same command, fixed,
+        starts afresh instead of meeting a run of nothing but config.toml. A resumed run
+        (nothing started) keeps all it has.
+        """
+        try:
+            yield
+        except Exception:
+            if runtime.is_main:
+                self.undo_start()
+            raise
+
+    def undo_start(self) -> None:
+        """Take back what `start` did: the files the new run wrote, the folders it made, and
+        an --overwrite's move (the old run goes back in place). A warning if it cannot."""
+        if not self.started:
+            return
+        self.started = False
+        try:
+            for name in set(WRITTEN_FILES) - self._had:
+                (self.path / name).unlink(missing_ok=True)
+            for folder in self._made:  # deepest first; one holding anything else stays
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if self.replaced is not None and not self.path.exists():
+                self.replaced.rename(self.path)
+                err_console.print(
+                    f"--overwrite: the new run did not start: moved the old run back to "
+                    f"{self.path}",
+                    highlight=False,
+                )
+                self.replaced = None
+        except OSError as exc:
+            err_console.print(
+                f"[yellow]warning:[/] could not take back the start of {self.path} "
+                f"({os_error_text(exc)}): delete what it holds yourself"
+                + (f" and move {self.replaced} back to it" if self.replaced else ""),
+                highlight=False,
+            )
 
     def _move_aside(self) -> Path:
         """Rename the old run to ``<name>.old-<n>`` (deleted once the new run has a checkpoint)."""
@@ -307,6 +363,15 @@ class RunDir:
         old = sorted(self.path.parent.glob(f"{self.path.name}.old-*"))
         aside = f"; the old run is kept in {', '.join(map(str, old))}" if old else ""
         return f"no checkpoint was saved yet in {self.path}; start again with `{restart}`{aside}"
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def fixed_on_resume(key: str, pretrain: bool = False) -> bool:

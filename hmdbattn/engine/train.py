@@ -27,7 +27,7 @@ from hmdbattn.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, damaged, 
 from hmdbattn.config import Config, TrainConfig
 from hmdbattn.data.datasets import ClipData, TrainClips, build_datasets, make_loader
 from hmdbattn.data.transforms import VideoTransform
-from hmdbattn.engine.distributed import Runtime, checksum, gather, sync_buffers
+from hmdbattn.engine.distributed import Runtime, checksum, gather, on_main, sync_buffers
 from hmdbattn.engine.evaluate import score_clips
 from hmdbattn.engine.optim import Schedule, build_optimizer, cnn_frozen, mix_batch
 from hmdbattn.engine.precision import autocast, channels_last, fp16, memory_format
@@ -384,7 +384,10 @@ def validate(trainer: Trainer) -> dict[str, float]:
 
 
 def end_epoch(trainer: Trainer, row: dict[str, Any]) -> None:
-    """Record an epoch: history, best, early stopping, checkpoints and logs (rank 0 writes)."""
+    """Record an epoch: history, best, early stopping, checkpoints and logs.
+
+    Rank 0 writes; if it cannot, every rank stops at once (see `on_main`).
+    """
     s, c = trainer.state, trainer.config.train
     s.history.append(row)
     s.epoch += 1
@@ -392,11 +395,13 @@ def end_epoch(trainer: Trainer, row: dict[str, Any]) -> None:
     if improved:
         s.best_epoch, s.best_accuracy = s.epoch, row["val_video_acc"]
     s.stop_reason = stop_reason(c, s.epoch, s.step, s.best_epoch)
-    if not trainer.runtime.is_main:
-        return
-    trainer.run.save_checkpoint(checkpoint(trainer), best=improved)
-    trainer.run.write_metrics(s.history)
-    log_tensorboard(trainer, row)
+
+    def record() -> None:
+        trainer.run.save_checkpoint(checkpoint(trainer), best=improved)
+        trainer.run.write_metrics(s.history)
+        log_tensorboard(trainer, row)
+
+    on_main(record, trainer.runtime, f"save epoch {s.epoch}")
 
 
 def log_tensorboard(trainer: Trainer, row: dict[str, Any]) -> None:
@@ -470,12 +475,16 @@ def train(
     last = run.resume(config, runtime) if resume else None
     if last is None:
         run.start_on_main(config, runtime, overwrite)
-    trainer = build_trainer(config, run, runtime, last)
-    if runtime.is_main:
-        if last is not None:
-            run.after_restore(config, last)
-        print_excluded(trainer.data.excluded)
-        record_train_choice(trainer)
+    with run.starting(runtime):  # a new run refused here leaves no folder behind
+        trainer = build_trainer(config, run, runtime, last)
+
+        def begin() -> None:
+            if last is not None:
+                run.after_restore(config, last)
+            print_excluded(trainer.data.excluded)
+            record_train_choice(trainer)
+
+        on_main(begin, runtime, f"write the files of {run_dir}")
     state = run_epochs(trainer)
     sums = gather(checksum(trainer.model), runtime)
     if len(set(sums)) > 1:
