@@ -170,3 +170,27 @@ def test_killed_extraction_resumes_to_the_same_files(capsys, tiny_dataset, featu
     assert all(np.array_equal(resumed[k], reference[k]) for k in reference)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["complete"] is True
+
+
+@pytest.mark.slow
+def test_a_features_run_from_model_init_resumes(capsys, tiny_dataset, tmp_path):
+    # A resumed run's CNN comes from last.pt, not model.init: it is still the features' CNN,
+    # so the run goes on; going on from the frames instead is refused, naming data.source.
+    source = tiny_overrides(tiny_dataset, tmp_path, **{"train.name": "source", "train.epochs": 1})
+    code, _, err = cli(capsys, "train", *set_args(source))
+    assert code == 0, err
+    init = {"model.init": str(tmp_path / "source" / "best.pt"), "model.init_parts": ["backbone"]}
+    heads = {**init, "data.source": "features", "train.name": "heads", "train.epochs": 1}
+    sets = set_args(overrides(tiny_dataset, tmp_path, tmp_path / "features", **heads))
+    assert cli(capsys, "extract-features", *sets)[0] == 0
+    code, _, err = cli(capsys, "train", *sets)
+    assert code == 0, err
+
+    run = str(tmp_path / "heads")
+    more = ("--set", "train.epochs=2")
+    code, _, err = cli(capsys, "train", "--resume", run, *more, "--set", "data.source=cache")
+    assert code == 1
+    assert "trained with data.source = 'features' (now 'cache')" in " ".join(err.split())
+    code, _, err = cli(capsys, "train", "--resume", run, *more)
+    assert code == 0, err
+    assert len((tmp_path / "heads" / "metrics.jsonl").read_text().splitlines()) == 2

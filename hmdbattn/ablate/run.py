@@ -73,7 +73,7 @@ def decide(run: Run) -> tuple[str, str | None]:
         from hmdbattn.engine.rundir import fixed_on_resume
 
         changed = changed_keys(run)
-        fixed = [k for k in changed if fixed_on_resume(k)]
+        fixed = [k for k, values in changed.items() if fixed_on_resume(k, values)]
         if fixed:
             return "resume", (
                 f"{run.run_dir} was started with other model or input settings "
@@ -85,19 +85,19 @@ def decide(run: Run) -> tuple[str, str | None]:
     return "start", None
 
 
-def changed_keys(run: Run) -> list[str]:
-    """Dotted keys whose value differs from the run folder's config.toml.
+def changed_keys(run: Run) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose value differs from the run folder's config.toml: (saved, wanted).
 
     train.out_dir and train.name are left out: the ablation places the run (a job that
     trains it through `hmdbattn train` records them as the folder it names).
     """
     saved_path = run.run_dir / "config.toml"
     if not saved_path.is_file():
-        return []
+        return {}
     saved = flatten(read_toml(saved_path))
     wanted = flatten(tomllib.loads(run.config.to_toml()))
     keys = (saved.keys() | wanted.keys()) - set(RESERVED_KEYS)
-    return sorted(k for k in keys if saved.get(k) != wanted.get(k))
+    return {k: (saved.get(k), wanted.get(k)) for k in sorted(keys) if saved.get(k) != wanted.get(k)}
 
 
 def run_ablation(

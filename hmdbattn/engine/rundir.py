@@ -252,7 +252,7 @@ class RunDir:
         changed = [
             f"{key} = {saved.get(key)!r} (now {value!r})"
             for key, value in changed_keys(saved, config).items()
-            if fixed_on_resume(key, pretrain)
+            if fixed_on_resume(key, (saved.get(key), value), pretrain)
         ]
         if changed:
             raise UserError(
@@ -374,8 +374,14 @@ def _missing_folders(path: Path) -> list[Path]:
     return missing
 
 
-def fixed_on_resume(key: str, pretrain: bool = False) -> bool:
-    """Whether a resume must keep the dotted `key` (it fixes the model or its input's shape)."""
+def fixed_on_resume(key: str, values: tuple[Any, Any], pretrain: bool = False) -> bool:
+    """Whether a resume must keep the dotted `key`, changing from ``values[0]`` to ``values[1]``.
+
+    Fixed: the keys that shape the model or its input, and a move to or from cached features
+    (which train the head alone, with other optimiser groups); cache <-> video may change.
+    """
+    if key == "data.source":
+        return "features" in values
     fixed = FIXED_KEYS + (PRETRAIN_FIXED_KEYS if pretrain else ())
     return key.startswith(FIXED_PREFIXES) or key in fixed
 

@@ -109,8 +109,6 @@ def build_trainer(
     if channels_last(config, runtime.device):
         model = model.to(memory_format=torch.channels_last_3d)
     on_features = config.data.source == "features"
-    if on_features:
-        check_features_cnn(config, model, runtime)
     optimizer = build_optimizer(model.head if on_features else model, config.train)
     steps = math.ceil(len(data.train) / (config.data.batch_size * runtime.world_size))
     trainer = Trainer(
@@ -126,6 +124,8 @@ def build_trainer(
     )
     if last is not None:
         restore(trainer, last)
+    if on_features:  # once the CNN holds its weights: a resumed run's come from last.pt
+        check_features_cnn(config, model, runtime)
     return trainer
 
 
