@@ -60,6 +60,8 @@ Item = tuple[torch.Tensor, int, int]  # frames (T, H, W, 3) uint8, label, video 
 # memory, not file handles; evaluation reads a video's windows in a row and hits it.
 _OPEN_READERS = 32
 MISSING_REASON = "missing: listed in the split (or list) files but not on disk"
+# The label of an evaluation window whose video could not be read (its frames are zeros).
+UNREADABLE = -1
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class _ClipDataset(Dataset[Item]):
         self.videos = list(videos)
         self.classes = list(classes)
         self.reader = FrameReader(config.data)
+        self._unreadable: set[int] = set()  # videos found damaged by this process
 
     def worker_init(self) -> None:
         """Called in each loader worker: readers copied from the parent are dropped."""
@@ -189,6 +192,14 @@ class _ClipDataset(Dataset[Item]):
         """Item `index`, its frames in `out` when given."""
         raise NotImplementedError
 
+    def _left_out(self, number: int, exc: UserError, use: str) -> None:
+        """Note that video `number` cannot be read, naming it once per process."""
+        if number not in self._unreadable:
+            self._unreadable.add(number)
+            err_console.print(
+                f"[yellow]warning:[/] {escape(str(exc))}; left out of {use}", highlight=False
+            )
+
 
 class TrainClips(_ClipDataset):
     """One random clip per video per epoch.
@@ -203,7 +214,6 @@ class TrainClips(_ClipDataset):
         super().__init__(config, videos, classes)
         self.seed = config.train.seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._unreadable: set[int] = set()  # videos found damaged by this process
 
     @property
     def epoch(self) -> int:
@@ -241,11 +251,7 @@ class TrainClips(_ClipDataset):
                 frames = self.reader.read(video, self.clip_indices(number), out)
                 return frames, video.label, number
             except (DamagedCacheFile, UnreadableVideo) as exc:
-                self._unreadable.add(number)
-                err_console.print(
-                    f"[yellow]warning:[/] {escape(str(exc))}; left out of training",
-                    highlight=False,
-                )
+                self._left_out(number, exc, "training")
         raise UserError(f"none of the {len(self.videos)} training videos can be read")
 
 
@@ -267,9 +273,21 @@ class EvalClips(_ClipDataset):
         return len(self.windows)
 
     def _item(self, index: int, out: torch.Tensor | None) -> Item:
+        """Window `index`; if its video cannot be read, zeros labelled `UNREADABLE`.
+
+        The evaluation then scores without that video (see `score_clips`): one file damaged
+        after the dataset was built never stops an evaluation or a training run's validation.
+        """
         number, indices = self.windows[index]
         video = self.videos[number]
-        return self.reader.read(video, indices, out), video.label, number
+        try:
+            return self.reader.read(video, indices, out), video.label, number
+        except (DamagedCacheFile, UnreadableVideo) as exc:
+            self._left_out(number, exc, "the evaluation")
+        data = self.config.data
+        shape = (data.num_frames, *data.resize, 3)
+        frames = out if out is not None else torch.empty(shape, dtype=torch.uint8)
+        return frames.zero_(), UNREADABLE, number
 
 
 # --------------------------------------------------------------------------- building

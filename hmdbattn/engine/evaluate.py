@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -16,7 +16,7 @@ from torch.utils.data import Subset
 
 from hmdbattn.checkpoint import damaged, load_checkpoint
 from hmdbattn.config import Config, load_config
-from hmdbattn.data.datasets import EvalClips, build_eval_dataset, make_loader
+from hmdbattn.data.datasets import UNREADABLE, EvalClips, build_eval_dataset, make_loader
 from hmdbattn.data.features import (
     FeatureEvalClips,
     backbone_hash,
@@ -46,9 +46,21 @@ class Scores:
     video: torch.Tensor  # (N * views,) video index of each row
     video_labels: torch.Tensor  # (V,)
     loss: float
+    unreadable: list[int] = field(default_factory=list)  # videos left out: found damaged
 
     def metrics(self, classes: list[str]) -> VideoMetrics:
-        return compute_metrics(self.logits, self.video, self.video_labels, classes)
+        """Every metric over the videos that could be read."""
+        if not self.unreadable:
+            return compute_metrics(self.logits, self.video, self.video_labels, classes)
+        kept = torch.ones(len(self.video_labels), dtype=torch.bool)  # (V,)
+        kept[self.unreadable] = False
+        if not kept.any():
+            raise UserError(f"none of the {len(kept)} evaluation videos can be read")
+        rows = kept[self.video]  # (N * views,)
+        renumbered = kept.cumsum(0) - 1  # (V,) index among the kept videos
+        return compute_metrics(
+            self.logits[rows], renumbered[self.video[rows]], self.video_labels[kept], classes
+        )
 
 
 @torch.no_grad()
@@ -79,26 +91,31 @@ def score_clips(
     )
     rows: list[torch.Tensor] = []
     loss_sum = 0.0
+    unreadable: set[int] = set()
     precision = partial(autocast, runtime.device, config.train.amp)
     with progress("clips", transient=True, disable=not runtime.is_main) as bar:
         task = bar.add_task("evaluating", total=len(shard))
         views = transform.views
-        for batch, labels, _ in loader:
+        for batch, labels, numbers in loader:
             batch = batch.to(runtime.device, non_blocking=True)
             if on_features:
                 logits = score_features(cast(VideoClassifier, model), batch, precision)
             else:
                 logits = score_batch(model, transform, batch, precision, None, time_reversed)
+            read = labels != UNREADABLE  # (B,)
+            unreadable.update(numbers[~read].tolist())
             loss_sum += (
                 nn.functional.cross_entropy(
-                    logits, labels.repeat_interleave(views), reduction="sum"
+                    logits[read.repeat_interleave(views)],
+                    labels[read].repeat_interleave(views),
+                    reduction="sum",
                 ).item()
                 / views
             )
             rows.append(logits)
             bar.advance(task, len(labels))
     mine = torch.cat(rows) if rows else torch.empty(0, 0)
-    return _assemble(dataset, shard, mine, loss_sum, transform.views, runtime)
+    return _assemble(dataset, shard, (mine, loss_sum, unreadable), transform.views, runtime)
 
 
 @torch.no_grad()
@@ -138,27 +155,29 @@ def score_features(
 def _assemble(
     dataset: EvalClips,
     shard: list[int],
-    logits: torch.Tensor,
-    loss_sum: float,
+    mine: tuple[torch.Tensor, float, set[int]],
     views: int,
     runtime: Runtime,
 ) -> Scores:
-    """Put every rank's rows back in dataset order."""
-    parts = gather((shard, logits, loss_sum), runtime)
+    """Put every rank's rows (`mine`: logits, loss sum, unreadable videos) in dataset order."""
+    parts = gather((shard, *mine), runtime)
     k = max(p[1].shape[1] for p in parts if p[1].numel())
     ordered = torch.empty(len(dataset) * views, k)
-    for items, rows, _ in parts:
+    for items, rows, _, _ in parts:
         if items:
             index = torch.tensor(items).repeat_interleave(views) * views
             index += torch.arange(views).repeat(len(items))
             ordered[index] = rows
+    unreadable = sorted(set().union(*(p[3] for p in parts)))
     window_video = torch.tensor([number for number, _ in dataset.windows])  # (N,)
+    read_windows = sum(number not in unreadable for number, _ in dataset.windows)
     labels = torch.tensor([v.label for v in dataset.videos])  # (V,)
     return Scores(
         logits=ordered,
         video=window_video.repeat_interleave(views),
         video_labels=labels,
-        loss=sum(p[2] for p in parts) / max(1, len(dataset)),
+        loss=sum(p[2] for p in parts) / max(1, read_windows),
+        unreadable=unreadable,
     )
 
 
@@ -224,13 +243,17 @@ def evaluate_checkpoint(
         digest = backbone_hash(model.backbone)
         check_weights(load_feature_manifest(folder), config, digest, folder, str(checkpoint))
     scores = score_clips(model, data.dataset, config, runtime, time_reversed)
+    damaged_now = [
+        (data.dataset.videos[n].path, "could not be read during the evaluation (named above)")
+        for n in scores.unreadable
+    ]
     result = EvalResult(
         checkpoint,
         config.data.split,
         config.eval.subset,
         scores.metrics(data.classes),
         scores.loss,
-        list(data.excluded),
+        sorted([*data.excluded, *damaged_now]),
         time_reversed,
     )
     if write and runtime.is_main:
