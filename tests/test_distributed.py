@@ -216,3 +216,53 @@ def test_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert pick_device() == torch.device("cuda", 1)
+
+
+# `hmdbattn ARGS...` on a disk that has no room for an ablation's result files.
+NO_ROOM_FOR_RESULTS = """
+import errno, os, sys
+import hmdbattn.ablate.tables as tables
+real = tables.atomic_write_text
+def full(path, text, sync=False):
+    if path.name.startswith("results."):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return real(path, text, sync)
+tables.atomic_write_text = full
+from hmdbattn.cli import main
+sys.argv = ["hmdbattn", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+def test_ablate_stops_every_rank_when_rank_0_cannot_write_the_results(
+    tiny_dataset, tmp_path
+) -> None:
+    grid = tmp_path / "two.toml"
+    grid.write_text(
+        'title = "two"\n'
+        '[[variant]]\nlabel = "pool"\nset = { model.head = "pool" }\n'
+        '[[variant]]\nlabel = "attention"\nset = { model.head = "perceiver" }\n'
+    )
+    script = tmp_path / "no_room.py"
+    script.write_text(NO_ROOM_FOR_RESULTS)
+    keys = {"train.epochs": 1, "train.tensorboard": False}
+    sets = set_args(tiny_overrides(tiny_dataset, tmp_path / "runs", **keys))
+    start = time.monotonic()
+    run = subprocess.run(
+        [*TORCHRUN, str(script), "ablate", "--grid", str(grid), *sets],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode != 0 and time.monotonic() - start < 120, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "results.md" in errors[0], run.stderr[-3000:]
+    assert errors[1] == (
+        "error: rank 1: stopped because rank 0 could not write the ablation's results: "
+        "see rank 0's error"
+    )
+    assert "[rank1]" not in run.stderr
+    assert not (tmp_path / "runs" / "ablate-two" / "attention").exists()  # stopped after one

@@ -110,7 +110,7 @@ def run_ablation(
     Rank 0 prints the table on stderr and rewrites the result files after each run. A run that
     fails with a UserError is reported and the others go on.
     """
-    from hmdbattn.engine.distributed import broadcast
+    from hmdbattn.engine.distributed import broadcast, on_main
 
     selected = select(ablation, only)
     failures: dict[Path, str] = {}
@@ -132,11 +132,15 @@ def run_ablation(
             failures[run.run_dir] = error
             if main:
                 err_console.print(f"[bold red]failed:[/] {run.run_dir}: {error}", highlight=False)
-        if main:
-            rows = build_rows(ablation, failures)
-            write_results(ablation, rows)
-            show_table(ablation, rows)
+        on_main(lambda: _record(ablation, failures), runtime, "write the ablation's results")
     return _finish(ablation, selected, failures, main)
+
+
+def _record(ablation: Ablation, failures: Mapping[Path, str]) -> None:
+    """Rank 0's part after each run: rewrite the result files and show the table."""
+    rows = build_rows(ablation, failures)
+    write_results(ablation, rows)
+    show_table(ablation, rows)
 
 
 def missing_init(run: Run) -> str | None:
