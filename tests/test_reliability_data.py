@@ -292,6 +292,25 @@ def test_a_test_video_found_corrupt_is_left_out_of_eval_and_named(
     assert result == without
 
 
+@pytest.mark.parametrize("subset", [1, 2])
+def test_extraction_stops_at_a_corrupt_video_instead_of_storing_another_clip(
+    capsys: pytest.CaptureFixture[str], tiny_dataset: Path, tmp_path: Path, subset: int
+) -> None:
+    # Training serves the next video's clip and evaluation zeros for a damaged video: stored
+    # as its features, either would be wrong for every later run. Extraction stops, naming it.
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_dataset / "cache", cache)
+    name = _corrupt_a_frame(cache, subset=subset)
+    keys = {"data.cache_dir": str(cache), "data.feature_clips": 1}
+    sets = tiny_overrides(tiny_dataset, tmp_path / "runs", **keys)
+    code, _, err = cli(capsys, "extract-features", *set_args(sets))
+    assert code == 1 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert name in line and "corrupt JPEG data" in line, err
+    stem = Path(name).stem
+    assert not [p for p in (cache.parent / "cache-features").rglob("*.npy") if p.stem == stem]
+
+
 @pytest.mark.slow
 def test_a_test_video_found_corrupt_mid_training_does_not_stop_the_run(
     tiny_dataset: Path, tmp_path: Path

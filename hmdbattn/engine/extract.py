@@ -188,7 +188,8 @@ def train_rows(
     clips = []
     for k in range(config.data.feature_clips):
         dataset.set_epoch(k)  # clip k's window: the one TrainClips gives in epoch k
-        frames = dataset[index][0]
+        # Read strictly: the dataset would serve another video's clip for a damaged one.
+        frames = dataset.reader.read(dataset.videos[index], dataset.clip_indices(index))
         generator = seeded(_AUGMENT, config.train.seed, k, index)
         clips.append(transform(frames[None], generator))  # (1, 3, T, crop, crop)
     return _cnn(model, torch.cat(clips), device, config.data.batch_size)
@@ -203,7 +204,9 @@ def eval_rows(
 ) -> torch.Tensor:
     """Features of evaluation items `items` (one video's windows): (windows x views, C, ...)."""
     transform = VideoTransform.from_config(config.data, "eval")
-    frames = torch.stack([dataset[item][0] for item in items])  # (W, T, H, W, 3)
+    windows = [dataset.windows[item] for item in items]  # read strictly, as in `train_rows`
+    frames = torch.stack([dataset.reader.read(dataset.videos[n], w) for n, w in windows])
+    # (W, T, H, W, 3)
     return _cnn(model, transform(frames), device, config.eval.batch_size)
 
 
