@@ -26,6 +26,7 @@ from videofiles import write_avi
 
 from hmdbattn.config import load_config
 from hmdbattn.data.cache import JOURNAL_NAME, CachedVideo, DamagedCacheFile, load_manifest
+from hmdbattn.data.clips import eval_windows
 from hmdbattn.data.datasets import build_datasets
 from hmdbattn.data.preprocess import preprocess
 from hmdbattn.report import quiet
@@ -196,14 +197,17 @@ def test_training_leaves_out_a_damaged_cache_file_and_names_it(
     assert "rerun `hmdbattn preprocess`" in err
 
 
-def _corrupt_a_frame(cache: Path, subset: int) -> str:
-    """Break one JPEG inside a cache file of a video of `subset` (1 train, 2 test), keeping
-    its header and size whole, as a bad disk might; returns the file's name."""
+def _corrupt_a_frame(cache: Path, subset: int, frames: int | None = None) -> str:
+    """Break the JPEGs inside a cache file of a video of `subset` (1 train, 2 test), keeping
+    its header and size whole, as a bad disk might; returns the file's name.
+
+    Every frame (any clip of the video meets one), or the first `frames` only.
+    """
     entry = next(e for e in load_manifest(cache).videos if e.split_ids.get(1) == subset)
     path = cache / "videos" / Path(entry.path).with_suffix(".jpgs")
     video = CachedVideo(path)
     data = bytearray(path.read_bytes())
-    for frame in range(video.num_frames):  # every frame: any clip of it meets one
+    for frame in range(frames if frames is not None else video.num_frames):
         start = int(video.offsets[frame])
         data[start : start + 2] = b"\x00\x00"  # no SOI marker
     path.write_bytes(bytes(data))
@@ -257,7 +261,9 @@ def test_a_test_video_found_corrupt_is_left_out_of_eval_and_named(
     capsys: pytest.CaptureFixture[str], tiny_dataset: Path, tmp_path: Path
 ) -> None:
     # Found while scoring, after the start-up check passed: the evaluation goes on without the
-    # video, names it on stderr and lists it in eval.json with the other excluded videos.
+    # video, names it on stderr and lists it in eval.json with the other excluded videos. Two
+    # windows per video, and only the first frame broken: the video's second window reads,
+    # yet it counts nowhere, as if the video had been left out from the start.
     cache = tmp_path / "cache"
     shutil.copytree(tiny_dataset / "cache", cache)
     runs = tmp_path / "runs"
@@ -265,11 +271,13 @@ def test_a_test_video_found_corrupt_is_left_out_of_eval_and_named(
     code, _, err = cli(capsys, "train", *set_args({**sets, "train.max_steps": 1}))
     assert code == 0, err
     checkpoint = next(runs.rglob("best.pt"))
-    args = ["eval", "--checkpoint", str(checkpoint), "--json"]
+    args = ["eval", "--checkpoint", str(checkpoint), "--set", "data.clip_duration=0.5", "--json"]
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     whole = json.loads(out)["results"][0]
-    name = _corrupt_a_frame(cache, subset=2)
+    name = _corrupt_a_frame(cache, subset=2, frames=1)
+    (entry,) = [e for e in load_manifest(cache).videos if e.path.endswith(Path(name).stem + ".avi")]
+    assert len(eval_windows(entry.frames, entry.fps, 0.5, 4, clips_per_video=0)) > 1
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     assert "Traceback" not in err and "worker process" not in err, err

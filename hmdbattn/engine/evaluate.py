@@ -54,8 +54,6 @@ class Scores:
             return compute_metrics(self.logits, self.video, self.video_labels, classes)
         kept = torch.ones(len(self.video_labels), dtype=torch.bool)  # (V,)
         kept[self.unreadable] = False
-        if not kept.any():
-            raise UserError(f"none of the {len(kept)} evaluation videos can be read")
         rows = kept[self.video]  # (N * views,)
         renumbered = kept.cumsum(0) - 1  # (V,) index among the kept videos
         return compute_metrics(
@@ -90,32 +88,21 @@ def score_clips(
         Subset(dataset, shard), config, train=False, batch_size=config.eval.batch_size
     )
     rows: list[torch.Tensor] = []
-    loss_sum = 0.0
     unreadable: set[int] = set()
     precision = partial(autocast, runtime.device, config.train.amp)
     with progress("clips", transient=True, disable=not runtime.is_main) as bar:
         task = bar.add_task("evaluating", total=len(shard))
-        views = transform.views
         for batch, labels, numbers in loader:
             batch = batch.to(runtime.device, non_blocking=True)
             if on_features:
                 logits = score_features(cast(VideoClassifier, model), batch, precision)
             else:
                 logits = score_batch(model, transform, batch, precision, None, time_reversed)
-            read = labels != UNREADABLE  # (B,)
-            unreadable.update(numbers[~read].tolist())
-            loss_sum += (
-                nn.functional.cross_entropy(
-                    logits[read.repeat_interleave(views)],
-                    labels[read].repeat_interleave(views),
-                    reduction="sum",
-                ).item()
-                / views
-            )
+            unreadable.update(numbers[labels == UNREADABLE].tolist())
             rows.append(logits)
             bar.advance(task, len(labels))
     mine = torch.cat(rows) if rows else torch.empty(0, 0)
-    return _assemble(dataset, shard, (mine, loss_sum, unreadable), transform.views, runtime)
+    return _assemble(dataset, shard, mine, unreadable, transform.views, runtime)
 
 
 @torch.no_grad()
@@ -155,30 +142,29 @@ def score_features(
 def _assemble(
     dataset: EvalClips,
     shard: list[int],
-    mine: tuple[torch.Tensor, float, set[int]],
+    logits: torch.Tensor,
+    unreadable: set[int],
     views: int,
     runtime: Runtime,
 ) -> Scores:
-    """Put every rank's rows (`mine`: logits, loss sum, unreadable videos) in dataset order."""
-    parts = gather((shard, *mine), runtime)
+    """Put every rank's rows back in dataset order; the loss over the videos that were read."""
+    parts = gather((shard, logits, unreadable), runtime)
     k = max(p[1].shape[1] for p in parts if p[1].numel())
     ordered = torch.empty(len(dataset) * views, k)
-    for items, rows, _, _ in parts:
+    for items, rows, _ in parts:
         if items:
             index = torch.tensor(items).repeat_interleave(views) * views
             index += torch.arange(views).repeat(len(items))
             ordered[index] = rows
-    unreadable = sorted(set().union(*(p[3] for p in parts)))
-    window_video = torch.tensor([number for number, _ in dataset.windows])  # (N,)
-    read_windows = sum(number not in unreadable for number, _ in dataset.windows)
+    left_out = sorted(set().union(*(p[2] for p in parts)))
+    if len(left_out) == len(dataset.videos):
+        raise UserError(f"none of the {len(left_out)} evaluation videos can be read")
+    video = torch.tensor([number for number, _ in dataset.windows]).repeat_interleave(views)
     labels = torch.tensor([v.label for v in dataset.videos])  # (V,)
-    return Scores(
-        logits=ordered,
-        video=window_video.repeat_interleave(views),
-        video_labels=labels,
-        loss=sum(p[2] for p in parts) / max(1, read_windows),
-        unreadable=unreadable,
-    )
+    read = ~torch.isin(video, torch.tensor(left_out, dtype=torch.long))  # (N * views,)
+    # The mean over windows of the mean over a window's views (every window has `views` rows).
+    loss = nn.functional.cross_entropy(ordered[read], labels[video[read]]).item()
+    return Scores(ordered, video, labels, loss, left_out)
 
 
 @dataclass
