@@ -380,6 +380,7 @@ def validate(trainer: Trainer) -> dict[str, float]:
         "val_clip_acc": metrics.clip_top1,
         "val_video_acc": metrics.video_vote_top1,
         "val_video_acc_softmax": metrics.video_top1,
+        "val_videos": metrics.num_videos,  # fewer when a test video was found unreadable
     }
 
 
