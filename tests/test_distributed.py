@@ -159,6 +159,21 @@ main()
 """
 
 
+def stopping_torchrun(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Two processes of `args` (a script or ``-m hmdbattn``, then its arguments) that are
+    expected to stop on an error; the result and the seconds they took (within 3 minutes)."""
+    start = time.monotonic()
+    run = subprocess.run(
+        [*TORCHRUN, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=180,
+        check=False,
+    )
+    return run, time.monotonic() - start
+
+
 @pytest.mark.slow
 def test_a_failed_save_on_rank_0_stops_every_rank_at_once(
     tiny_dataset,
@@ -173,17 +188,10 @@ def test_a_failed_save_on_rank_0_stops_every_rank_at_once(
     script = tmp_path / "full_disk.py"
     script.write_text(FULL_DISK)
     hmdbattn = ["-m", "hmdbattn"] if real else [str(script)]
-    command = [*TORCHRUN, *hmdbattn, "train", *set_args(tiny_overrides(tiny_dataset, out, **keys))]
-    start = time.monotonic()
-    run = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=120,
-        check=False,
+    run, seconds = stopping_torchrun(
+        *hmdbattn, "train", *set_args(tiny_overrides(tiny_dataset, out, **keys))
     )
-    assert run.returncode != 0 and time.monotonic() - start < 60, run.stderr[-3000:]
+    assert run.returncode != 0 and seconds < 60, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
         f"error: {out / 'f' / 'last.pt'}: cannot write (No space left on device: free space on "
@@ -248,16 +256,8 @@ def test_ablate_stops_every_rank_when_rank_0_cannot_write_the_results(
     script.write_text(NO_ROOM_FOR_RESULTS)
     keys = {"train.epochs": 1, "train.tensorboard": False}
     sets = set_args(tiny_overrides(tiny_dataset, tmp_path / "runs", **keys))
-    start = time.monotonic()
-    run = subprocess.run(
-        [*TORCHRUN, str(script), "ablate", "--grid", str(grid), *sets],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=180,
-        check=False,
-    )
-    assert run.returncode != 0 and time.monotonic() - start < 120, run.stderr[-3000:]
+    run, seconds = stopping_torchrun(str(script), "ablate", "--grid", str(grid), *sets)
+    assert run.returncode != 0 and seconds < 120, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and "results.md" in errors[0], run.stderr[-3000:]
     assert errors[1] == (

@@ -214,18 +214,21 @@ def _corrupt_a_frame(cache: Path, subset: int, frames: int | None = None) -> str
     return path.name
 
 
-@pytest.mark.slow
-def test_a_training_video_found_corrupt_mid_run_is_named_and_left_out(
-    tiny_dataset: Path, tmp_path: Path
-) -> None:
+def _train_with_a_corrupt_video(
+    tiny_dataset: Path, tmp_path: Path, subset: int, **extra: object
+) -> tuple[str, dict[str, object], str]:
+    """Train on a copy of the cache with one video of `subset` corrupt, reading in a loader
+    worker; (the file's name, the run's keys, stderr). The run must succeed.
+
+    A real process: the worker's warnings go to the terminal's stderr, not to pytest's capture.
+    """
     cache = tmp_path / "cache"
     shutil.copytree(tiny_dataset / "cache", cache)
-    name = _corrupt_a_frame(cache, subset=1)
+    name = _corrupt_a_frame(cache, subset=subset)
     sets = tiny_overrides(tiny_dataset, tmp_path / "runs", **{"data.cache_dir": str(cache)})
-    extra = {"train.epochs": 1, "data.num_workers": 1}  # read in a loader worker
-    # A real process: the warning comes from the worker, on the terminal's stderr.
+    keys = {**sets, "data.num_workers": 1, **extra}
     done = subprocess.run(
-        [sys.executable, "-m", "hmdbattn", "train", *set_args({**sets, **extra})],
+        [sys.executable, "-m", "hmdbattn", "train", *set_args(keys)],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"},
@@ -233,7 +236,15 @@ def test_a_training_video_found_corrupt_mid_run_is_named_and_left_out(
     )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    line = next(line for line in done.stderr.splitlines() if name in line)
+    return name, sets, done.stderr
+
+
+@pytest.mark.slow
+def test_a_training_video_found_corrupt_mid_run_is_named_and_left_out(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    name, _, err = _train_with_a_corrupt_video(tiny_dataset, tmp_path, 1, **{"train.epochs": 1})
+    line = next(line for line in err.splitlines() if name in line)
     assert line.startswith("warning: ") and "corrupt JPEG data in frame" in line, line
     assert line.endswith("rebuild it; left out of training"), line
 
@@ -323,21 +334,8 @@ def test_extraction_stops_at_a_corrupt_video_instead_of_storing_another_clip(
 def test_a_test_video_found_corrupt_mid_training_does_not_stop_the_run(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
-    # Validation reads in a loader worker: a real process, whose stderr the worker shares.
-    cache = tmp_path / "cache"
-    shutil.copytree(tiny_dataset / "cache", cache)
-    name = _corrupt_a_frame(cache, subset=2)
-    sets = tiny_overrides(tiny_dataset, tmp_path / "runs", **{"data.cache_dir": str(cache)})
-    done = subprocess.run(
-        [sys.executable, "-m", "hmdbattn", "train", *set_args({**sets, "data.num_workers": 1})],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"},
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "Traceback" not in done.stderr
-    warnings = [line for line in done.stderr.splitlines() if name in line]
+    name, sets, err = _train_with_a_corrupt_video(tiny_dataset, tmp_path, 2)
+    warnings = [line for line in err.splitlines() if name in line]
     assert warnings and all(w.endswith("left out of the evaluation") for w in warnings), warnings
     (run,) = [p.parent for p in (tmp_path / "runs").rglob("metrics.jsonl")]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
