@@ -50,8 +50,6 @@ class Scores:
 
     def metrics(self, classes: list[str]) -> VideoMetrics:
         """Every metric over the videos that could be read."""
-        if not self.unreadable:
-            return compute_metrics(self.logits, self.video, self.video_labels, classes)
         kept = torch.ones(len(self.video_labels), dtype=torch.bool)  # (V,)
         kept[self.unreadable] = False
         rows = kept[self.video]  # (N * views,)
